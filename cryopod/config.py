@@ -88,6 +88,10 @@ class RuntimeConfig:
     """Processes per container (0: no limit)."""
     shm_size: int = 64 * 1024 * 1024
     """Bytes of each pod's /dev/shm."""
+    infra_container: bool = False
+    """Run an infra container from image.pause_image in every pod (CRI-O's drop_infra_ctr
+    = false). Off: the pod's namespaces are pinned with no process, and catatonit holds a
+    shared PID namespace."""
 
 
 @dataclass

@@ -20,6 +20,7 @@ import grpc
 from cri_api.v1 import api_pb2_grpc as cri_grpc
 
 from cryopod.config import Config
+from cryopod.containers.infra import InfraContainers
 from cryopod.containers.oci.exits import ExitWatcher
 from cryopod.containers.oci.runtime import ConmonRuntime, OCIRuntime, RuntimeHandler
 from cryopod.containers.oci.spec import CgroupDriver, SpecOptions, probe_host_facts
@@ -114,6 +115,27 @@ def build_runtime(config: Config) -> Runtime:
     runroot = Path(config.runroot)
     exits = ExitWatcher(runroot / "exits")
     runtimes = build_oci_runtimes(config, exits_dir=runroot / "exits")
+    rootfs = RootfsManager(runroot, layers)
+    spec = SpecSettings(
+        host=probe_host_facts(),
+        options=SpecOptions(
+            cgroup_driver=CgroupDriver(config.runtime.cgroup_driver),
+            default_capabilities=tuple(config.runtime.default_capabilities),
+            pids_limit=config.runtime.pids_limit,
+            shm_size=config.runtime.shm_size,
+        ),
+    )
+    bundle_root = runroot / "containers"
+    infra = None
+    if config.runtime.infra_container:
+        infra = InfraContainers(
+            images=images,
+            rootfs=rootfs,
+            runtimes=runtimes,
+            bundle_root=bundle_root,
+            spec=spec,
+            pause_image=config.image.pause_image,
+        )
     pods = PodService(
         store=sandbox_store(db),
         pinner=NamespacePinner(runroot / "ns"),
@@ -121,23 +143,16 @@ def build_runtime(config: Config) -> Runtime:
         state_dir=runroot / "pods-state",
         handlers=set(runtimes),
         default_handler=config.runtime.default_handler,
+        infra=infra,
     )
     containers = ContainerService(
         store=container_store(db),
         pods=pods,
         images=images,
-        rootfs=RootfsManager(runroot, layers),
+        rootfs=rootfs,
         runtimes=runtimes,
-        bundle_root=runroot / "containers",
-        spec=SpecSettings(
-            host=probe_host_facts(),
-            options=SpecOptions(
-                cgroup_driver=CgroupDriver(config.runtime.cgroup_driver),
-                default_capabilities=tuple(config.runtime.default_capabilities),
-                pids_limit=config.runtime.pids_limit,
-                shm_size=config.runtime.shm_size,
-            ),
-        ),
+        bundle_root=bundle_root,
+        spec=spec,
     )
     return Runtime(
         db=db,
@@ -169,7 +184,8 @@ def build_oci_runtimes(config: Config, *, exits_dir: Path) -> dict[str, OCIRunti
                 allowed_annotations=tuple(handler.allowed_annotations),
             ),
             exits_dir=exits_dir,
-            persist_root=runroot / "persist",
+            # One persist root per handler: recovery knows which runtime made what it finds.
+            persist_root=runroot / "persist" / name,
             attach_root=runroot / "attach",
         )
     if config.runtime.default_handler not in runtimes:
@@ -228,6 +244,7 @@ async def running(config: Config) -> AsyncIterator[Runtime]:
     runtime = build_runtime(config)
     await runtime.images.recover()
     await runtime.pods.recover()
+    await runtime.containers.recover()
     runtime.exits.add_callback(runtime.containers.on_exit, replay=True)
     await runtime.exits.start()
     server = build_grpc_server(config, runtime)

@@ -149,6 +149,7 @@ _Builder = Callable[[ib.LayoutBuilder, str], str]
 TEST_IMAGE_PLAN: dict[str, tuple[_Builder, dict[str, Any]]] = {
     "busybox": (ib.busybox_image, {}),
     "configured": (ib.configured_image, {}),
+    "pause": (ib.pause_image, {}),
     "whiteouts": (ib.whiteout_image, {}),
     "multiarch": (ib.multiarch_index, {"all": True}),
     "zstd": (ib.zstd_image, {}),
@@ -175,9 +176,10 @@ def test_layout(tmp_path_factory: pytest.TempPathFactory) -> ib.LayoutBuilder:
 def test_images(registry: Registry, test_layout: ib.LayoutBuilder) -> PushedImages:
     """Every test image pushed to `registry` as `<repo>:latest`.
 
-    busybox, configured (every config field set), whiteouts, multiarch (OCI index, amd64 +
-    arm64), zstd (zstd layer), uncompressed (plain tar layer), docker2 (busybox as Docker
-    schema 2), evil-traversal, evil-absolute, evil-symlink-escape, evil-hardlink-escape.
+    busybox, configured (every config field set), pause (sleeps as PID 1), whiteouts,
+    multiarch (OCI index, amd64 + arm64), zstd (zstd layer), uncompressed (plain tar layer),
+    docker2 (busybox as Docker schema 2), evil-traversal, evil-absolute,
+    evil-symlink-escape, evil-hardlink-escape.
     """
     images = {}
     for repo, (_build, push_args) in TEST_IMAGE_PLAN.items():

@@ -8,6 +8,7 @@ container that exited while the daemon was down shows its exit code and time.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -24,7 +25,6 @@ from cryopod.containers.model import Container, ContainerConfig, ContainerState,
 from cryopod.containers.oci.runtime import OCIRuntime
 from cryopod.containers.oci.spec import (
     HostFacts,
-    PodFiles,
     SpecOptions,
     build_container_spec,
     container_resources,
@@ -46,6 +46,8 @@ from cryopod.storage.rootfs import RootfsManager
 log = logging.getLogger(__name__)
 
 DEFAULT_STOP_SIGNAL = signal.SIGTERM
+# What a container that vanished without an exit status reports (as CRI-O does).
+UNKNOWN_EXIT_CODE = 255
 
 
 @dataclass(frozen=True)
@@ -190,7 +192,7 @@ class ContainerService:
             user=resolve_container_user(rootfs, container.config.security_context, image.user),
             host=self._spec.host,
             options=self._spec.options,
-            pod_files=self._pod_files(sandbox),
+            pod_files=self._pods.spec_files(sandbox),
             image_name=container.config.image.image,
         )
         write_bundle(bundle, spec)
@@ -206,17 +208,6 @@ class ContainerService:
             stdin=container.config.stdin,
             stdin_once=container.config.stdin_once,
             tty=container.config.tty,
-        )
-
-    def _pod_files(self, sandbox: Sandbox) -> PodFiles:
-        paths = self._pods.files_of(sandbox)
-        shm = self._pods.shm_of(sandbox)
-        host_network = sandbox.config.namespace_options.host_network
-        return PodFiles(
-            hostname=None if host_network else str(paths.hostname),
-            hosts=str(paths.hosts),
-            resolv_conf=str(paths.resolv_conf),
-            shm=str(shm) if shm else None,
         )
 
     # --- start, stop, remove -------------------------------------------------------------
@@ -244,17 +235,7 @@ class ContainerService:
         stopped = self.find(container.id)
         if stopped is not None and stopped.state is not ContainerState.EXITED:
             # Its monitor is gone without an exit file (killed by hand): say so.
-            self._store.update(
-                replace(
-                    stopped,
-                    state=ContainerState.EXITED,
-                    finished_ns=time.time_ns(),
-                    exit_code=137,
-                    reason="Error",
-                    message="the container's monitor left no exit status",
-                    pid=None,
-                )
-            )
+            self._record_lost_exit(stopped, exit_code=137)
 
     def _stop_signal(self, container: Container) -> int:
         name = container.config.stop_signal
@@ -274,6 +255,65 @@ class ContainerService:
         shutil.rmtree(self._bundle_root / container.id, ignore_errors=True)
         self._store.delete(container.id)
         log.info("container %s removed", container.id)
+
+    # --- recovery ---------------------------------------------------------------------------
+
+    async def recover(self) -> None:
+        """Reconcile the records with what is on the host, after a restart or a crash.
+
+        A container whose creation a crash cut short has files, a mount, perhaps a conmon
+        and a runc container, but no row (the row is written last): all of it goes. A
+        recorded container that is neither monitored nor has an exit file (its conmon was
+        killed, or the host rebooted) is marked exited, as the peers do.
+        """
+        recorded = {container.id: container for container in self._store.select()}
+        # Infra containers carry their sandbox's id.
+        owned = recorded.keys() | {sandbox.id for sandbox in self._pods.all()}
+        for name, runtime in self._runtimes.items():
+            for container_id in set(runtime.container_ids()) - owned:
+                log.info("container %s (%s) was never recorded: removing it", container_id, name)
+                await runtime.discard(container_id)
+        on_disk = set(self._rootfs.container_ids())
+        on_disk |= {p.name for p in self._bundle_dirs()}
+        for container_id in on_disk - owned:
+            log.info("removing the rootfs and bundle of container %s, never recorded", container_id)
+            await self._rootfs.remove(container_id)
+            shutil.rmtree(self._bundle_root / container_id, ignore_errors=True)
+        await asyncio.to_thread(self._rootfs.remove_stale_work)
+        for container in recorded.values():
+            self._mark_unmonitored_exited(self._refresh(container))
+
+    def _bundle_dirs(self) -> list[Path]:
+        if not self._bundle_root.is_dir():
+            return []
+        return [p for p in self._bundle_root.iterdir() if p.is_dir()]
+
+    def _mark_unmonitored_exited(self, container: Container) -> None:
+        if container.state not in (ContainerState.CREATED, ContainerState.RUNNING):
+            return
+        runtime = self._runtime(container)
+        if runtime.is_monitored(container.id):
+            return
+        # Its conmon may have written the exit file just before it went.
+        container = self._refresh(container)
+        if container.state is ContainerState.EXITED:
+            return
+        log.warning("container %s lost its monitor with no exit status: exited", container.id)
+        self._record_lost_exit(container, exit_code=UNKNOWN_EXIT_CODE)
+
+    def _record_lost_exit(self, container: Container, *, exit_code: int) -> None:
+        """Mark exited a container whose monitor is gone without writing its exit file."""
+        self._store.update(
+            replace(
+                container,
+                state=ContainerState.EXITED,
+                finished_ns=time.time_ns(),
+                exit_code=exit_code,
+                reason="Error",
+                message="the container's monitor is gone and left no exit status",
+                pid=None,
+            )
+        )
 
     async def stop_all_of_pod(self, pod_id: str) -> None:
         for container in self.of_pod(pod_id):

@@ -221,6 +221,8 @@ class Sandbox:
     """PID of the pod's infra process (catatonit or pause), when the pod has one."""
     infra_start_time: int = 0
     """Start time of that process (/proc/<pid>/stat field 22), so a reused pid is not it."""
+    infra_container: bool = False
+    """Whether the infra process is a pause container (id = the sandbox's) or catatonit."""
 
     @property
     def name(self) -> str:

@@ -68,6 +68,8 @@ _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,62}[A-Za-z0-9])?$")
 _SYSCTL_PART = re.compile(r"^[A-Za-z0-9_.:@+-]+$")
 _MAX_SYSCTL_VALUE = 4096
 _SBIN_PATH = ("/usr/local/sbin", "/usr/sbin", "/sbin")
+# What the launcher's pid may be (comm names, 15 characters at most) before catatonit is up.
+_LAUNCHER_NAMES = ("start-stop-daem", "nsenter", "unshare")
 
 
 # --- validation -----------------------------------------------------------------------------
@@ -374,8 +376,41 @@ class PidNamespaceHolder:
             raise Internal(f"starting the PID namespace of sandbox {sandbox_id}: {reason}") from exc
         finally:
             pid_file.unlink(missing_ok=True)
+        _record_file(state_dir, sandbox_id).write_text(f"{holder.pid} {holder.start_time}\n")
         log.debug("sandbox %s: catatonit pid %d holds its PID namespace", sandbox_id, holder.pid)
         return holder
+
+    @classmethod
+    async def release(cls, state_dir: Path, sandbox_id: str) -> None:
+        """Stop the sandbox's holder, a half-started one included, and forget it; idempotent.
+
+        Works from the files `start` leaves in `state_dir`, so it also finds a holder whose
+        sandbox a crash kept from being recorded.
+        """
+        launcher_file = state_dir / f"{sandbox_id}.pidns.pid"
+        with contextlib.suppress(OSError, ValueError):
+            launcher = _read_pid(launcher_file)
+            stat = _read_stat(launcher)
+            if stat is not None and stat[0] in _LAUNCHER_NAMES:
+                _kill_quietly(launcher)
+        launcher_file.unlink(missing_ok=True)
+        record = _record_file(state_dir, sandbox_id)
+        try:
+            pid, start_time = (int(field) for field in record.read_text().split())
+        except (OSError, ValueError):
+            pass
+        else:
+            holder = cls.find(pid, start_time)
+            if holder is not None:
+                await holder.stop()
+        record.unlink(missing_ok=True)
+
+    @staticmethod
+    def sandbox_ids(state_dir: Path) -> set[str]:
+        """Sandboxes with a holder recorded or being started in `state_dir`."""
+        if not state_dir.is_dir():
+            return set()
+        return {entry.name.partition(".")[0] for entry in state_dir.glob("*.pidns*")}
 
     @classmethod
     def find(cls, pid: int, start_time: int) -> PidNamespaceHolder | None:
@@ -451,6 +486,11 @@ def _daemonized(argv: list[str], pid_file: Path) -> list[str]:
         "--",
         *args,
     ]
+
+
+def _record_file(state_dir: Path, sandbox_id: str) -> Path:
+    """Where a running holder's pid and start time are kept."""
+    return state_dir / f"{sandbox_id}.pidns"
 
 
 def _read_pid(pid_file: Path) -> int:

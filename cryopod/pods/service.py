@@ -14,15 +14,17 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Protocol
 
+from cryopod.containers.oci.spec import PodFiles as SpecPodFiles
 from cryopod.containers.oci.spec import namespaced_sysctls
 from cryopod.errors import InvalidArgument, NotFound
 from cryopod.ids import new_id
-from cryopod.pods.files import PodFilePaths, PodFiles
+from cryopod.pods.files import PodFiles
 from cryopod.pods.model import NamespaceKind, NamespaceMode, PodSandboxConfig, Sandbox, SandboxState
-from cryopod.pods.namespaces import NamespacePinner, PidNamespaceHolder
+from cryopod.pods.namespaces import NamespacePinner, PidNamespaceHolder, is_pinned_namespace
 from cryopod.pods.store import SandboxStore
 
 log = logging.getLogger(__name__)
@@ -32,6 +34,26 @@ PINNED_KINDS = {"net": NamespaceKind.NETWORK, "ipc": NamespaceKind.IPC, "uts": N
 
 StopContainers = Callable[[str], Awaitable[None]]
 """Stops (and with remove, removes) every container of a pod; given by the container side."""
+
+
+@dataclass(frozen=True)
+class InfraProcess:
+    """A pod's infra process (catatonit or a pause container): pid and start time."""
+
+    pid: int
+    start_time: int
+
+
+class InfraRunner(Protocol):
+    """Runs a pause container per pod; given by the container side when configured."""
+
+    async def start(self, sandbox: Sandbox, files: SpecPodFiles) -> InfraProcess: ...
+
+    async def stop(self, sandbox: Sandbox) -> None: ...
+
+    async def remove(self, sandbox: Sandbox) -> None: ...
+
+    def is_running(self, sandbox: Sandbox) -> bool: ...
 
 
 class PodService:
@@ -46,6 +68,7 @@ class PodService:
         state_dir: Path,
         handlers: set[str],
         default_handler: str,
+        infra: InfraRunner | None = None,
     ) -> None:
         self._store = store
         self._pinner = pinner
@@ -53,6 +76,7 @@ class PodService:
         self._state_dir = state_dir
         self._handlers = handlers
         self._default_handler = default_handler
+        self._infra = infra
 
     # --- queries --------------------------------------------------------------------------
 
@@ -71,13 +95,16 @@ class PodService:
     def all(self) -> list[Sandbox]:
         return self._store.select()
 
-    def files_of(self, sandbox: Sandbox) -> PodFilePaths:
-        return self._files.paths(sandbox.id)
-
-    def shm_of(self, sandbox: Sandbox) -> Path | None:
-        if sandbox.config.namespace_options.host_ipc:
-            return None
-        return self._files.shm_path(sandbox.id)
+    def spec_files(self, sandbox: Sandbox) -> SpecPodFiles:
+        """The pod's /etc files and /dev/shm, as its containers' specs mount them."""
+        paths = self._files.paths(sandbox.id)
+        options = sandbox.config.namespace_options
+        return SpecPodFiles(
+            hostname=None if options.host_network else str(paths.hostname),
+            hosts=str(paths.hosts),
+            resolv_conf=str(paths.resolv_conf),
+            shm=None if options.host_ipc else str(self._files.shm_path(sandbox.id)),
+        )
 
     # --- run ---------------------------------------------------------------------------------
 
@@ -116,24 +143,32 @@ class PodService:
         self._files.write(sandbox.id, hostname=hostname, dns=config.dns_config)
         if not options.host_ipc:
             self._files.mount_shm(sandbox.id)
-        infra_pid, infra_start_time = None, 0
-        if options.pid is NamespaceMode.POD:
+        sandbox = replace(
+            sandbox,
+            namespace_paths={PINNED_KINDS[kind]: str(path) for kind, path in pinned.items()},
+        )
+        infra: InfraProcess | None = None
+        if self._infra is not None:
+            undo.push_async_callback(self._infra.remove, sandbox)
+            infra = await self._infra.start(sandbox, self.spec_files(sandbox))
+        elif options.pid is NamespaceMode.POD:
+            undo.push_async_callback(PidNamespaceHolder.release, self._state_dir, sandbox.id)
             holder = await PidNamespaceHolder.start(
                 sandbox.id,
                 state_dir=self._state_dir,
                 join={kind: path for kind, path in pinned.items() if kind != "uts"},
             )
-            undo.push_async_callback(holder.stop)
-            infra_pid, infra_start_time = holder.pid, holder.start_time
-        paths = {PINNED_KINDS[kind]: str(path) for kind, path in pinned.items()}
-        if infra_pid is not None:
-            paths[NamespaceKind.PID] = f"/proc/{infra_pid}/ns/pid"
+            infra = InfraProcess(holder.pid, holder.start_time)
+        paths = dict(sandbox.namespace_paths)
+        if infra is not None and options.pid is NamespaceMode.POD:
+            paths[NamespaceKind.PID] = f"/proc/{infra.pid}/ns/pid"
         return replace(
             sandbox,
             state=SandboxState.READY,
             namespace_paths=paths,
-            infra_pid=infra_pid,
-            infra_start_time=infra_start_time,
+            infra_pid=infra.pid if infra else None,
+            infra_start_time=infra.start_time if infra else 0,
+            infra_container=self._infra is not None,
         )
 
     # --- stop and remove ------------------------------------------------------------------
@@ -145,7 +180,7 @@ class PodService:
             log.info("pod sandbox %s is gone; nothing to stop", sandbox_id)
             return
         await stop_containers(sandbox.id)
-        await self._stop_pid_holder(sandbox)
+        await self._stop_infra(sandbox)
         if sandbox.state is not SandboxState.NOTREADY or sandbox.infra_pid is not None:
             self._store.update(replace(sandbox, state=SandboxState.NOTREADY, infra_pid=None))
             log.info("pod sandbox %s stopped", sandbox.id)
@@ -157,20 +192,18 @@ class PodService:
             log.info("pod sandbox %s is gone; nothing to remove", sandbox_id)
             return
         await remove_containers(sandbox.id)
-        await self._stop_pid_holder(sandbox)
+        await self._stop_infra(sandbox)
+        if sandbox.infra_container and self._infra is not None:
+            await self._infra.remove(sandbox)
         await self._release(sandbox.id)
         self._store.delete(sandbox.id)
         log.info("pod sandbox %s removed", sandbox.id)
 
-    async def _stop_pid_holder(self, sandbox: Sandbox) -> None:
-        holder = self._pid_holder(sandbox)
-        if holder is not None:
-            await holder.stop()
-
-    def _pid_holder(self, sandbox: Sandbox) -> PidNamespaceHolder | None:
-        if sandbox.infra_pid is None:
-            return None
-        return PidNamespaceHolder.find(sandbox.infra_pid, sandbox.infra_start_time)
+    async def _stop_infra(self, sandbox: Sandbox) -> None:
+        if sandbox.infra_container and self._infra is not None:
+            await self._infra.stop(sandbox)
+        elif sandbox.infra_pid is not None:
+            await PidNamespaceHolder.release(self._state_dir, sandbox.id)
 
     async def _release(self, sandbox_id: str) -> None:
         await self._pinner.unpin(sandbox_id)
@@ -184,11 +217,43 @@ class PodService:
     # --- recovery --------------------------------------------------------------------------
 
     async def recover(self) -> None:
-        """Remove pinned namespaces and pod files that no recorded sandbox owns."""
-        recorded = {sandbox.id for sandbox in self._store.select()}
-        for sandbox_id in set(self._pinner.list_pinned()) - recorded:
+        """Reconcile the records with the host after a restart or a crash.
+
+        Pieces no recorded sandbox owns (a crash cut its creation short: the row comes last)
+        are removed: PID holders, pinned namespaces, pod files. A READY sandbox that lost a
+        namespace or its PID holder (a reboot, a kill by hand) is NOTREADY now, so the
+        kubelet makes it anew.
+        """
+        sandboxes = self._store.select()
+        recorded = {sandbox.id for sandbox in sandboxes}
+        for sandbox_id in PidNamespaceHolder.sandbox_ids(self._state_dir) - recorded:
+            log.info("stopping the PID holder of pod sandbox %s, never recorded", sandbox_id)
+            await PidNamespaceHolder.release(self._state_dir, sandbox_id)
+        pinned = self._pinner.list_pinned()
+        for sandbox_id in set(pinned) - recorded:
             log.info("removing namespaces of pod sandbox %s, never recorded", sandbox_id)
             await self._release(sandbox_id)
         for sandbox_id in set(self._files.sandbox_ids()) - recorded:
             log.info("removing files of pod sandbox %s, never recorded", sandbox_id)
             self._files.remove(sandbox_id)
+        for sandbox in sandboxes:
+            if sandbox.state is SandboxState.READY and not self._intact(sandbox, pinned):
+                log.warning("pod sandbox %s lost a namespace or its PID holder", sandbox.id)
+                self._store.update(replace(sandbox, state=SandboxState.NOTREADY))
+
+    def _intact(self, sandbox: Sandbox, pinned: dict[str, dict[str, Path]]) -> bool:
+        """Whether every namespace the sandbox recorded still exists."""
+        pinned_kinds = {
+            PINNED_KINDS[kind]
+            for kind, path in pinned.get(sandbox.id, {}).items()
+            if is_pinned_namespace(path, kind)
+        }
+        if any(
+            k not in pinned_kinds for k in sandbox.namespace_paths if k in PINNED_KINDS.values()
+        ):
+            return False
+        if sandbox.infra_container:
+            return self._infra is not None and self._infra.is_running(sandbox)
+        if sandbox.infra_pid is not None:
+            return PidNamespaceHolder.find(sandbox.infra_pid, sandbox.infra_start_time) is not None
+        return True

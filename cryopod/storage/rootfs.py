@@ -233,6 +233,14 @@ class RootfsManager:
             return  # a concurrent remove got there first
         await asyncio.to_thread(shutil.rmtree, doomed, ignore_errors=True)
 
+    def container_ids(self) -> list[str]:
+        """Containers with a writable layer or a mount point here (for recovery)."""
+        ids: set[str] = set()
+        for top in (self.containers_dir, self.runroot / "containers"):
+            if top.is_dir():
+                ids |= {p.name for p in top.iterdir() if p.is_dir() and not p.name.startswith(".")}
+        return sorted(ids)
+
     def remove_stale_work(self) -> int:
         """Finish deletions a crash interrupted; answers how many there were."""
         if not self.containers_dir.exists():

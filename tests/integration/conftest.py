@@ -16,8 +16,11 @@ import pytest
 from cri_api.v1 import api_pb2 as cri
 from cri_api.v1 import api_pb2_grpc as cri_grpc
 
+from tests.support.leaks import session_cgroup_name
+
 REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 20.0
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
 @dataclass
@@ -197,3 +200,17 @@ def daemon(make_daemon: object, test_images: object) -> Daemon:
     """A daemon that may pull plainly from the session's test registry."""
     registry_host: str = test_images.host  # type: ignore[attr-defined]
     return make_daemon(insecure_registries_conf(registry_host))  # type: ignore[operator, no-any-return]
+
+
+@pytest.fixture
+def cgroup_parent() -> Iterator[str]:
+    """A pod cgroup parent of this test's own, removed afterwards (as the kubelet would)."""
+    parent = f"/{session_cgroup_name()}"
+    yield parent
+    for hierarchy in CGROUP_ROOT.iterdir():
+        path = hierarchy / parent.lstrip("/")
+        if path.is_dir():
+            for leaf in sorted(path.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+                if leaf.is_dir():
+                    os.rmdir(leaf)
+            os.rmdir(path)

@@ -229,7 +229,9 @@ async def test_pid_namespace_holder(
     for kind, path in files.items():  # it lives in the pod's other namespaces
         assert os.stat(f"/proc/{holder.pid}/ns/{kind}").st_ino == os.stat(path).st_ino
     assert parent_pid(holder.pid) != os.getpid()  # not our child: survives the daemon
-    assert not list((tmp_path / "state").iterdir())  # the pid file was transient
+    # The launcher's pid file was transient; the record of the holder stays for recovery.
+    assert [p.name for p in (tmp_path / "state").iterdir()] == ["pidpod.pidns"]
+    assert PidNamespaceHolder.sandbox_ids(tmp_path / "state") == {"pidpod"}
     pid1 = run(
         "nsenter", f"--pid={holder.ns_path}", "--",
         "unshare", "--mount", "--mount-proc", "cat", "/proc/1/comm",
@@ -252,7 +254,24 @@ async def test_pid_namespace_holder(
     assert not holder.is_running()
     assert PidNamespaceHolder.find(holder.pid, holder.start_time) is None
     await holder.stop()  # idempotent
+    await PidNamespaceHolder.release(tmp_path / "state", "pidpod")
+    assert not list((tmp_path / "state").iterdir())
     await pinner.unpin("pidpod")
+
+
+async def test_release_finds_the_holder_from_its_record(
+    pinner: NamespacePinner, tmp_path: Path, holders: list[PidNamespaceHolder]
+) -> None:
+    """After a daemon crash only the state dir knows the holder: release stops it."""
+    require_tools("catatonit", "start-stop-daemon", "unshare", "nsenter")
+    files = await pinner.pin("lost", ALL_KINDS, hostname="lost")
+    holder = await PidNamespaceHolder.start("lost", state_dir=tmp_path / "state", join=files)
+    holders.append(holder)
+    await PidNamespaceHolder.release(tmp_path / "state", "lost")
+    assert not holder.is_running()
+    assert PidNamespaceHolder.sandbox_ids(tmp_path / "state") == set()
+    await PidNamespaceHolder.release(tmp_path / "state", "lost")  # idempotent
+    await pinner.unpin("lost")
 
 
 async def test_pid_namespace_holder_without_pod_namespaces(

@@ -1,7 +1,7 @@
 """The OCI runtime adapter against real runc and conmon, and the exit watcher.
 
 Each test builds OCI bundles by hand (a busybox rootfs, a minimal config.json) under its own
-tmp_path, with its own runc root and a cgroup parent `cryopod-test-<random>` that the
+tmp_path, with its own runc root and a cgroup parent `cryopod-test-<session>-<random>` that the
 `oci` fixture removes afterwards, along with any container a failing test left.
 """
 
@@ -36,6 +36,7 @@ from cryopod.errors import (
     RuntimeContainerNotRunning,
 )
 from tests.support import find_binary, require_tools
+from tests.support.leaks import session_cgroup_name
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CRI_LOG_LINE = re.compile(
@@ -268,7 +269,7 @@ def oci(tmp_path: Path) -> Iterator[OCIEnv]:
     env = OCIEnv(
         base=tmp_path,
         runtime=runtime,
-        cgroup_parent=f"cryopod-test-{secrets.token_hex(4)}",
+        cgroup_parent=session_cgroup_name(),
         rootfs=rootfs,
     )
     try:

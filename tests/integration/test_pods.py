@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import re
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -15,22 +12,6 @@ from cri_api.v1 import api_pb2 as cri
 
 from tests.integration.conftest import Daemon
 from tests.support.registry import PushedImages
-
-CGROUP_ROOT = Path("/sys/fs/cgroup")
-
-
-@pytest.fixture
-def cgroup_parent() -> Iterator[str]:
-    """A pod cgroup parent of this test's own, removed afterwards (as the kubelet would)."""
-    parent = f"/cryopod-test-{uuid.uuid4().hex[:8]}"
-    yield parent
-    for hierarchy in CGROUP_ROOT.iterdir():
-        path = hierarchy / parent.lstrip("/")
-        if path.is_dir():
-            for leaf in sorted(path.rglob("*"), key=lambda p: len(p.parts), reverse=True):
-                if leaf.is_dir():
-                    os.rmdir(leaf)
-            os.rmdir(path)
 
 
 def pod_config(name: str, logs: Path, cgroup_parent: str) -> cri.PodSandboxConfig:

@@ -551,6 +551,12 @@ def busybox_image(layout: LayoutBuilder, ref: str, compression: Compression = "g
     return layout.add_image([(busybox_layer(), compression)], config=BUSYBOX_CONFIG, ref_name=ref)
 
 
+def pause_image(layout: LayoutBuilder, ref: str) -> str:
+    """A stand-in for registry.k8s.io/pause: busybox sleeping for ever as PID 1."""
+    config = {"Entrypoint": ["/bin/sleep", "2147483647"], "Labels": {"org.cryopod.test": "pause"}}
+    return layout.add_image([(busybox_layer(), "gzip")], config=config, ref_name=ref)
+
+
 def configured_image(layout: LayoutBuilder, ref: str) -> str:
     """busybox with every runtime config field set (see CONFIGURED_CONFIG)."""
     return layout.add_image([(busybox_layer(), "gzip")], config=CONFIGURED_CONFIG, ref_name=ref)

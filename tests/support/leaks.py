@@ -6,8 +6,10 @@ so one leaky test does not pollute the next.
 
 Other test sessions may run on the same host at the same time. Their resources are told apart
 and never reported or touched: a resource is foreign when it names another pytest base temp
-dir (`.../pytest-of-<user>/pytest-<n>/`), or, for a process, when its environment carries
-another session's SESSION_ENV marker (which daemons started by the tests inherit).
+dir (`.../pytest-of-<user>/pytest-<n>/`); for a process, when its environment carries another
+session's SESSION_ENV marker (which daemons and conmon inherit), or its root, working
+directory or cgroup names another session; for a cgroup, when its name carries another
+session's tag (see `session_cgroup_name`) or a process of another session lives in it.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 MARKER = "cryopod"
 
 _PYTEST_TMP = re.compile(r"pytest-of-[^/\s]+/pytest-\d+")
+_SESSION_CGROUP = re.compile(r"cryopod-test-([0-9a-f]{8})-[0-9a-f]+")
 
 # Processes started on purpose by long-lived fixtures (the test registries).
 _expected_pids: set[int] = set()
@@ -53,6 +56,11 @@ def session_marker() -> str:
         marker = uuid.uuid4().hex
         os.environ[SESSION_ENV] = marker
     return marker
+
+
+def session_cgroup_name() -> str:
+    """A cgroup name for a test: tagged with this session, so other sessions leave it alone."""
+    return f"cryopod-test-{session_marker()[:8]}-{uuid.uuid4().hex[:8]}"
 
 
 # ----------------------------------------------------------------------------- resources
@@ -224,7 +232,7 @@ def _cgroup_hierarchies() -> list[Path]:
 class LeakChecker:
     """Snapshots and compares the host state integration tests must leave as they found it.
 
-    `own_paths` are this session's temp dirs (mounts under them are always watched);
+    `own_paths` are this session's temp dirs (only mounts naming them are watched);
     `marker` is this session's SESSION_ENV value.
     """
 
@@ -248,23 +256,35 @@ class LeakChecker:
         marker = _process_env_marker(proc.pid)
         if marker is not None:
             return marker != self.marker
-        return self._foreign_text(proc.cmdline)
+        # A container process carries no marker: its root, cwd and cgroup tell whose it is.
+        places = [proc.cmdline, _read_text(f"/proc/{proc.pid}/cgroup") or ""]
+        for link in ("root", "cwd"):
+            with contextlib.suppress(OSError):
+                places.append(os.readlink(f"/proc/{proc.pid}/{link}"))
+        text = " ".join(places)
+        return self._foreign_text(text) or self._foreign_cgroup_tag(text)
+
+    def _foreign_cgroup_tag(self, text: str) -> bool:
+        """Does `text` name a cgroup of another session (and none of ours)?"""
+        tags = set(_SESSION_CGROUP.findall(text))
+        return bool(tags) and self.marker[:8] not in tags
 
     def _foreign_cgroup(self, path: Path) -> bool:
-        """Does a process of another session live in this cgroup?"""
+        """Is this cgroup tagged by another session, or does one of its processes live here?"""
+        if self._foreign_cgroup_tag(str(path)):
+            return True
+        if _SESSION_CGROUP.search(str(path)):
+            return False  # ours
         for pid in _pids_in(path):
-            marker = _process_env_marker(pid)
-            if marker is not None and marker != self.marker:
+            proc = read_process(pid)
+            if proc is not None and self._foreign_process(proc):
                 return True
         return False
 
     def _watched_mount(self, mount: Mount) -> bool:
+        """Mounts of this session: every test works under the session's temp dirs."""
         text = f"{mount.target} {mount.source} {mount.options}"
-        if self._foreign_text(text):
-            return False
-        if mount.fstype in ("overlay", "nsfs") or MARKER in text:
-            return True
-        return any(mount.target == p or mount.target.startswith(p + "/") for p in self.own_paths)
+        return any(p in text for p in self.own_paths)
 
     # ---- snapshots
 

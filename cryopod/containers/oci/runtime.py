@@ -126,6 +126,12 @@ class OCIRuntime(Protocol):
 
     def read_exit(self, container_id: str) -> ExitInfo | None: ...
 
+    def container_ids(self) -> list[str]: ...
+
+    def is_monitored(self, container_id: str) -> bool: ...
+
+    async def discard(self, container_id: str) -> None: ...
+
     def attach_socket_path(self, container_id: str) -> Path: ...
 
 
@@ -306,17 +312,26 @@ class ConmonRuntime:
         # Its outcome was (or is being) reported already; here it only has to be over.
         with contextlib.suppress(Exception):
             await run
+        await self._tear_down_unfinished(paths, remove_log=not log_existed)
+
+    async def _tear_down_unfinished(self, paths: conmon.ConmonPaths, *, remove_log: bool) -> None:
+        """Kill conmon and whatever it started, force-delete the runc container, drop files."""
         cid = paths.container_id
         monitor = _open_conmon(paths.conmon_pidfile, cid)
         if monitor is not None:
             with monitor:
+                # Its children first: a runtime still busy creating must not finish the job.
+                for pid in _descendants(monitor.pid):
+                    _kill_quietly(pid)
                 with contextlib.suppress(ProcessLookupError):
                     monitor.send_signal(signal.SIGKILL)
                 await monitor.wait(_KILL_GRACE)
         with contextlib.suppress(OCIRuntimeError, RuntimeContainerNotFound, CommandTimeout):
             await self._runc("delete", "--force", cid, container_id=cid)
-        leftovers = [paths.persist_dir, paths.attach_link, paths.exit_file, *paths.bundle_files]
-        if not log_existed:
+        leftovers = [paths.persist_dir, paths.attach_link, paths.exit_file]
+        if paths.bundle != _UNKNOWN:
+            leftovers += paths.bundle_files
+        if remove_log and paths.log_path != _UNKNOWN:
             leftovers.append(paths.log_path)
         conmon.remove_paths(leftovers)
 
@@ -511,6 +526,31 @@ class ConmonRuntime:
                     container_id, f"conmon did not reopen {log_path}", _REOPEN_LOG_TIMEOUT
                 ) from exc
 
+    # ---- recovery
+
+    def container_ids(self) -> list[str]:
+        """Containers this runtime keeps files for: created, or being created, through it."""
+        try:
+            return sorted(entry.name for entry in self.persist_root.iterdir() if entry.is_dir())
+        except FileNotFoundError:
+            return []
+
+    def is_monitored(self, container_id: str) -> bool:
+        """Whether the container's conmon still runs."""
+        monitor = _open_conmon(self.persist_root / container_id / "conmon.pid", container_id)
+        if monitor is None:
+            return False
+        monitor.close()
+        return True
+
+    async def discard(self, container_id: str) -> None:
+        """Remove every trace of a container whose creation was never recorded (a crash).
+
+        Unlike `delete` this does not trust the container to be in any state: its conmon,
+        anything conmon started and the runc container are killed. The log is kept.
+        """
+        await self._tear_down_unfinished(self._paths_of(container_id), remove_log=False)
+
     def read_exit(self, container_id: str) -> ExitInfo | None:
         """Exit code and time once conmon has recorded the exit, else None."""
         exit_file = self.exits_dir / container_id
@@ -621,6 +661,26 @@ def _open_conmon(pidfile: Path, container_id: str) -> _ProcessWatch | None:
         watch.close()
         return None
     return watch
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid`, children before grandchildren (one pass over /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            children.setdefault(_parent_pid(int(entry.name)), []).append(int(entry.name))
+    found: list[int] = []
+    queue = list(children.get(pid, []))
+    while queue:
+        child = queue.pop(0)
+        found.append(child)
+        queue += children.get(child, [])
+    return found
+
+
+def _kill_quietly(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
 
 
 def _parent_pid(pid: int) -> int:
