@@ -13,12 +13,12 @@ import contextlib
 import logging
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cryopod.containers.model import ImageRuntimeConfig
 from cryopod.containers.oci.runtime import OCIRuntime
 from cryopod.containers.oci.spec import PodFiles, build_sandbox_spec
-from cryopod.containers.service import SpecSettings, write_bundle
+from cryopod.containers.service import SpecSettings, read_bundle, write_bundle
 from cryopod.pods.model import Sandbox
 from cryopod.pods.service import InfraProcess
 from cryopod.storage.rootfs import RootfsManager
@@ -101,6 +101,9 @@ class InfraContainers:
         await runtime.delete(sandbox.id)
         await self._rootfs.remove(sandbox.id)
         shutil.rmtree(self._bundle_root / sandbox.id, ignore_errors=True)
+
+    def runtime_spec(self, sandbox: Sandbox) -> dict[str, Any] | None:
+        return read_bundle(self._bundle_root / sandbox.id)
 
     def is_running(self, sandbox: Sandbox) -> bool:
         runtime = self._runtimes.get(sandbox.runtime_handler)

@@ -210,6 +210,10 @@ class ContainerService:
             tty=container.config.tty,
         )
 
+    def runtime_spec(self, container: Container) -> dict[str, Any] | None:
+        """The OCI spec the container was created with (verbose status)."""
+        return read_bundle(self._bundle_root / container.id)
+
     # --- start, stop, remove -------------------------------------------------------------
 
     async def start(self, container_id: str) -> None:
@@ -349,6 +353,15 @@ def write_bundle(bundle: Path, spec: Mapping[str, Any]) -> None:
     temp = bundle / "config.json.tmp"
     temp.write_text(json.dumps(spec))
     os.replace(temp, bundle / "config.json")
+
+
+def read_bundle(bundle: Path) -> dict[str, Any] | None:
+    """The config.json of a bundle, or None when it is gone (a removed or lost container)."""
+    try:
+        spec: dict[str, Any] = json.loads((bundle / "config.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    return spec
 
 
 def parse_signal(name: str) -> int:

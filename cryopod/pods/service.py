@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from cryopod.containers.oci.spec import PodFiles as SpecPodFiles
 from cryopod.containers.oci.spec import namespaced_sysctls
@@ -54,6 +54,8 @@ class InfraRunner(Protocol):
     async def remove(self, sandbox: Sandbox) -> None: ...
 
     def is_running(self, sandbox: Sandbox) -> bool: ...
+
+    def runtime_spec(self, sandbox: Sandbox) -> dict[str, Any] | None: ...
 
 
 class PodService:
@@ -94,6 +96,17 @@ class PodService:
 
     def all(self) -> list[Sandbox]:
         return self._store.select()
+
+    @property
+    def handlers(self) -> list[str]:
+        """The runtime handlers pods may name, the default first."""
+        return sorted(self._handlers, key=lambda name: (name != self._default_handler, name))
+
+    def runtime_spec(self, sandbox: Sandbox) -> dict[str, Any] | None:
+        """The infra container's OCI spec; None for pods without one."""
+        if not sandbox.infra_container or self._infra is None:
+            return None
+        return self._infra.runtime_spec(sandbox)
 
     def spec_files(self, sandbox: Sandbox) -> SpecPodFiles:
         """The pod's /etc files and /dev/shm, as its containers' specs mount them."""

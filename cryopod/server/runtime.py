@@ -67,6 +67,7 @@ class RuntimeServicer(cri_grpc.RuntimeServiceServicer):
                     "namespaces": codec.to_plain(sandbox.namespace_paths),
                     "runtimeHandler": sandbox.runtime_handler,
                     "pid": sandbox.infra_pid,
+                    "runtimeSpec": self._pods.runtime_spec(sandbox),
                 }
             )
         return cri.PodSandboxStatusResponse(
@@ -112,6 +113,7 @@ class RuntimeServicer(cri_grpc.RuntimeServiceServicer):
                     "config": codec.to_plain(container.config),
                     "pid": container.pid,
                     "sandboxID": container.pod_id,
+                    "runtimeSpec": self._containers.runtime_spec(container),
                 }
             )
         return cri.ContainerStatusResponse(
@@ -173,6 +175,10 @@ class RuntimeServicer(cri_grpc.RuntimeServiceServicer):
         return cri.StatusResponse(
             status=cri.RuntimeStatus(conditions=conditions),
             info=info,
+            runtime_handlers=[
+                cri.RuntimeHandler(name=name, features=cri.RuntimeHandlerFeatures())
+                for name in ("", *self._pods.handlers)
+            ],
             features=cri.RuntimeFeatures(supplemental_groups_policy=False),
         )
 

@@ -327,7 +327,9 @@ def test_infra_containers_hold_the_pod(
         status = daemon.runtime.PodSandboxStatus(
             cri.PodSandboxStatusRequest(pod_sandbox_id=pod_id, verbose=True), timeout=5
         )
-        infra_pid = int(json.loads(status.info["info"])["pid"])
+        info = json.loads(status.info["info"])
+        infra_pid = int(info["pid"])
+        assert info["runtimeSpec"]["process"]["args"] == ["/bin/sleep", "2147483647"]
         cmdline = Path(f"/proc/{infra_pid}/cmdline").read_bytes().split(b"\0")
         assert cmdline[:2] == [b"/bin/sleep", b"2147483647"]
         app = container_config("app", image, "cat /proc/1/cmdline")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
@@ -82,6 +83,14 @@ def test_pod_and_container_lifecycle(
     ctr_id = create(daemon, pod_id, ctr, pod)
     created = wait_for_state(daemon, ctr_id, cri.CONTAINER_CREATED)
     assert created.state == cri.CONTAINER_CREATED
+    verbose = daemon.runtime.ContainerStatus(
+        cri.ContainerStatusRequest(container_id=ctr_id, verbose=True), timeout=5
+    )
+    info = json.loads(verbose.info["info"])
+    assert info["runtimeSpec"]["process"]["args"] == ctr.command
+    assert info["pid"] > 0 and info["sandboxID"] == pod_id
+    handlers = daemon.runtime.Status(cri.StatusRequest(), timeout=5).runtime_handlers
+    assert [h.name for h in handlers][:2] == ["", "runc"]
     assert created.image_ref and created.image.image
 
     daemon.runtime.StartContainer(cri.StartContainerRequest(container_id=ctr_id), timeout=30)
