@@ -187,6 +187,7 @@ def build_oci_runtimes(config: Config, *, exits_dir: Path) -> dict[str, OCIRunti
             # One persist root per handler: recovery knows which runtime made what it finds.
             persist_root=runroot / "persist" / name,
             attach_root=runroot / "attach",
+            monitor_cgroups=config.runtime.cgroup_driver == "cgroupfs",
         )
     if config.runtime.default_handler not in runtimes:
         raise ConfigError(

@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 from cri_api.v1 import api_pb2 as cri
 
+from cryopod import cgroups
 from tests.integration.conftest import Daemon, insecure_registries_conf
 from tests.integration.test_pods import (
     container_config,
@@ -21,6 +22,7 @@ from tests.integration.test_pods import (
     teardown,
     wait_for_state,
 )
+from tests.support.leaks import session_cgroup_name
 from tests.support.registry import PushedImages
 
 
@@ -387,3 +389,47 @@ def test_crash_in_the_middle_of_run_pod_sandbox_leaves_nothing(
     pod_id = run_pod(daemon, pod)
     teardown(daemon, pod_id)
     assert leftovers(daemon) == {}
+
+
+def test_killing_the_daemons_cgroup_spares_the_containers(
+    daemon: Daemon, test_images: PushedImages, tmp_path: Path, cgroup_parent: str
+) -> None:
+    """What `systemctl restart` does by default: SIGKILL to every process in the daemon's
+    cgroup. The monitors live beside their containers, so the containers keep running."""
+    image = test_images.ref("busybox")
+    daemon.pull(image)
+    assert daemon.proc is not None
+    daemon_cgroups = []
+    name = session_cgroup_name()
+    for directory in cgroups.cgroup_dirs_of(daemon.proc.pid).values():
+        hierarchy_root = Path(*directory.parts[:5])  # /sys/fs/cgroup/<hierarchy>
+        if directory.parts[:4] != ("/", "sys", "fs", "cgroup") or "cpuset" in str(hierarchy_root):
+            continue
+        leaf = hierarchy_root / name
+        leaf.mkdir()
+        daemon_cgroups.append(leaf)
+        (leaf / "cgroup.procs").write_text(str(daemon.proc.pid))
+    pod = pod_config("steady", tmp_path / "logs", cgroup_parent)
+    pod_id = run_pod(daemon, pod)
+    try:
+        ctr = create(daemon, pod_id, container_config("app", image, "sleep 300"), pod)
+        start(daemon, ctr)
+        pid = container_pid(daemon, ctr)
+        started = process_start_time(pid)
+        victims = {
+            int(p) for leaf in daemon_cgroups for p in (leaf / "cgroup.procs").read_text().split()
+        }
+        assert daemon.proc.pid in victims
+        for victim in victims:
+            os.kill(victim, 9)
+        daemon.stop()  # reaps it
+        daemon.start()
+        assert list_containers(daemon)[ctr].state == cri.CONTAINER_RUNNING
+        assert process_start_time(pid) == started
+    finally:
+        teardown(daemon, pod_id)
+        for leaf in daemon_cgroups:
+            deadline = time.monotonic() + 5
+            while (leaf / "cgroup.procs").read_text().strip() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            leaf.rmdir()

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from cryopod import cgroups
 from cryopod.containers.oci.exits import ExitWatcher
 from cryopod.containers.oci.runtime import (
     ConmonRuntime,
@@ -576,3 +577,21 @@ async def test_a_cancelled_wait_leaves_no_waiter_behind(tmp_path: Path) -> None:
             async with asyncio.timeout(0.05):
                 await exit_watcher.wait("never")
         assert exit_watcher._waiters == {}
+
+
+async def test_conmon_lives_beside_its_container_not_in_our_cgroup(oci: OCIEnv) -> None:
+    """A restart that kills the daemon's cgroup (systemd's default) must spare conmon."""
+    container_id, _bundle, _log = await oci.create(["sleep", "100"])
+    conmon_pid = int((oci.runtime.persist_root / container_id / "conmon.pid").read_text())
+    init_pid = (await oci.runtime.state(container_id)).pid
+    container_dirs = cgroups.cgroup_dirs_of(init_pid)
+    conmon_dirs = cgroups.cgroup_dirs_of(conmon_pid)
+    ours = cgroups.cgroup_dirs_of(os.getpid())
+    leaf = f"{cgroups.MONITOR_CGROUP_PREFIX}{container_id}"
+    assert "memory" in container_dirs or "" in container_dirs
+    for controllers, directory in container_dirs.items():
+        assert conmon_dirs[controllers] == directory.parent / leaf, controllers
+        assert conmon_dirs[controllers] != ours.get(controllers)
+    await oci.runtime.stop(container_id, 0)
+    await oci.runtime.delete(container_id)
+    assert not any((d.parent / leaf).exists() for d in container_dirs.values())

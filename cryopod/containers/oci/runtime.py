@@ -26,6 +26,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from asyncinotify import Inotify, Mask
 
+from cryopod import cgroups
 from cryopod.containers.oci import conmon
 from cryopod.errors import (
     CommandFailed,
@@ -41,7 +42,6 @@ from cryopod.procs import CommandResult, run_command, run_with_fds
 log = logging.getLogger(__name__)
 
 _METADATA_FILE = "runtime.json"
-_CGROUP_ROOT = Path("/sys/fs/cgroup")
 # How long a SIGKILLed container (and its conmon) may take to be gone before we give up.
 _KILL_GRACE = 10.0
 _REOPEN_LOG_TIMEOUT = 5.0
@@ -143,6 +143,7 @@ class _Metadata:
     log_path: Path
     pid: int
     memory_cgroup: Path | None
+    monitor_cgroups: tuple[Path, ...] = ()
 
     def to_json(self) -> str:
         return json.dumps(
@@ -151,6 +152,7 @@ class _Metadata:
                 "log_path": str(self.log_path),
                 "pid": self.pid,
                 "memory_cgroup": str(self.memory_cgroup) if self.memory_cgroup else None,
+                "monitor_cgroups": [str(path) for path in self.monitor_cgroups],
             }
         )
 
@@ -163,6 +165,7 @@ class _Metadata:
             log_path=Path(obj["log_path"]),
             pid=int(obj["pid"]),
             memory_cgroup=Path(cgroup) if cgroup else None,
+            monitor_cgroups=tuple(Path(path) for path in obj.get("monitor_cgroups", ())),
         )
 
 
@@ -183,6 +186,7 @@ class ConmonRuntime:
         create_timeout: float = 60.0,
         command_timeout: float = 60.0,
         sync_logs: bool = True,
+        monitor_cgroups: bool = True,
     ) -> None:
         self._handler = handler
         self.exits_dir = exits_dir
@@ -191,6 +195,8 @@ class ConmonRuntime:
         self.create_timeout = create_timeout
         self.command_timeout = command_timeout
         self.sync_logs = sync_logs
+        # cgroupfs only: under systemd the monitor belongs in a scope of its own.
+        self.monitor_cgroups = monitor_cgroups
 
     @property
     def handler(self) -> RuntimeHandler:
@@ -246,14 +252,34 @@ class ConmonRuntime:
         run = asyncio.create_task(self._run_conmon(container_id, argv, paths))
         try:
             pid = await asyncio.shield(run)
-            memory_cgroup = _memory_cgroup_of(pid)
-            metadata = _Metadata(bundle, log_path, pid, memory_cgroup)
+            metadata = _Metadata(
+                bundle,
+                log_path,
+                pid,
+                cgroups.memory_cgroup_of(pid),
+                self._move_monitor(paths, pid),
+            )
             _write_atomically(paths.persist_dir / _METADATA_FILE, metadata.to_json())
         except BaseException:
             # Shielded: a cancelled create must still leave nothing behind.
             await asyncio.shield(self._discard_failed_create(run, paths, log_existed))
             raise
         return pid
+
+    def _move_monitor(self, paths: conmon.ConmonPaths, container_pid: int) -> tuple[Path, ...]:
+        """Move conmon out of the daemon's cgroups into leaves beside its container's.
+
+        Then a restart that kills the daemon's cgroup spares the monitors, and the pod's
+        cgroup accounts for them, as with CRI-O's conmon_cgroup = "pod".
+        """
+        if not self.monitor_cgroups:
+            return ()
+        try:
+            monitor = int(paths.conmon_pidfile.read_text())
+        except (OSError, ValueError):
+            return ()
+        name = cgroups.MONITOR_CGROUP_PREFIX + paths.container_id
+        return tuple(cgroups.move_beside(monitor, container_pid, name))
 
     def _prepare_create(self, paths: conmon.ConmonPaths) -> bool:
         """Make the directories conmon writes to; tells whether the log file exists already.
@@ -328,6 +354,13 @@ class ConmonRuntime:
                 await monitor.wait(_KILL_GRACE)
         with contextlib.suppress(OCIRuntimeError, RuntimeContainerNotFound, CommandTimeout):
             await self._runc("delete", "--force", cid, container_id=cid)
+        self._remove_leftovers(paths, remove_log=remove_log)
+
+    def _remove_leftovers(self, paths: conmon.ConmonPaths, *, remove_log: bool = False) -> None:
+        """Drop the files and monitor cgroups of a container whose conmon has exited."""
+        metadata = self._metadata(paths.container_id)
+        if metadata is not None:
+            cgroups.remove_leaves(list(metadata.monitor_cgroups))
         leftovers = [paths.persist_dir, paths.attach_link, paths.exit_file]
         if paths.bundle != _UNKNOWN:
             leftovers += paths.bundle_files
@@ -460,10 +493,7 @@ class ConmonRuntime:
         finally:
             if monitor is not None:
                 monitor.close()
-        leftovers = [paths.persist_dir, paths.attach_link, paths.exit_file]
-        if paths.bundle != _UNKNOWN:
-            leftovers += paths.bundle_files
-        conmon.remove_paths(leftovers)
+        self._remove_leftovers(paths)
 
     def _paths_of(self, container_id: str) -> conmon.ConmonPaths:
         """The container's paths; bundle and log are `_UNKNOWN` without its metadata."""
@@ -574,7 +604,7 @@ class ConmonRuntime:
         metadata = self._metadata(container_id)
         if metadata is None or metadata.memory_cgroup is None:
             return False
-        return _cgroup_oom_kills(metadata.memory_cgroup) > 0
+        return cgroups.oom_kills(metadata.memory_cgroup) > 0
 
     # ---- runc
 
@@ -705,39 +735,6 @@ def _runc_error(container_id: str, operation: str, exc: CommandFailed) -> Except
 def _conmon_failure(result: CommandResult) -> str:
     text = result.stderr.decode(errors="replace").strip() or result.stdout.decode(errors="replace")
     return f"conmon exited with {result.returncode}: {text.strip() or 'no output'}"
-
-
-def _memory_cgroup_of(pid: int) -> Path | None:
-    """The memory cgroup directory of `pid` (cgroup v2: its one cgroup), or None."""
-    unified = (_CGROUP_ROOT / "cgroup.controllers").exists()
-    try:
-        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        fields = line.split(":", 2)
-        if len(fields) != 3:
-            continue
-        _hierarchy, controllers, path = fields
-        if unified and controllers == "":
-            return _CGROUP_ROOT / path.lstrip("/")
-        if not unified and "memory" in controllers.split(","):
-            return _CGROUP_ROOT / "memory" / path.lstrip("/")
-    return None
-
-
-def _cgroup_oom_kills(cgroup: Path) -> int:
-    """OOM kills counted by the cgroup: v1 `memory.oom_control`, v2 `memory.events`."""
-    for name in ("memory.events", "memory.oom_control"):
-        try:
-            text = (cgroup / name).read_text()
-        except OSError:
-            continue
-        for line in text.splitlines():
-            key, _, value = line.partition(" ")
-            if key == "oom_kill" and value.strip().isdigit():
-                return int(value)
-    return 0
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -1,0 +1,117 @@
+"""The host's cgroup filesystem, read and written directly (cgroupfs driver).
+
+Works on cgroup v1, v2 and the hybrid layout (v1 controllers plus a v2 tree at
+`/sys/fs/cgroup/unified`). Only small things live here: where a process's cgroups are, the
+OOM-kill counter, and the leaf cgroups that hold each container's monitor (conmon) next to
+its container, so that a daemon restart which kills the daemon's own cgroup (systemd's
+KillMode=control-group) cannot take the monitors with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+MONITOR_CGROUP_PREFIX = "cryopod-conmon-"
+
+
+def is_unified(root: Path = CGROUP_ROOT) -> bool:
+    """Whether the host runs cgroup v2 alone."""
+    return (root / "cgroup.controllers").exists()
+
+
+def cgroup_dirs_of(pid: int, root: Path = CGROUP_ROOT) -> dict[str, Path]:
+    """The cgroup directory of `pid` in every mounted hierarchy, by controller list.
+
+    Keys are the hierarchy's controllers as /proc/<pid>/cgroup names them ("memory",
+    "cpu,cpuacct", "name=systemd"; "" for the v2 tree). Hierarchies that are not mounted
+    where expected are left out.
+    """
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return {}
+    unified = is_unified(root)
+    found: dict[str, Path] = {}
+    for line in lines:
+        fields = line.split(":", 2)
+        if len(fields) != 3:
+            continue
+        _, controllers, path = fields
+        if controllers == "":
+            mount = root if unified else root / "unified"
+        elif unified:
+            continue
+        else:
+            mount = root / controllers.removeprefix("name=")
+        directory = mount / path.lstrip("/")
+        if directory.is_dir():
+            found[controllers] = directory
+    return found
+
+
+def memory_cgroup_of(pid: int, root: Path = CGROUP_ROOT) -> Path | None:
+    """The cgroup directory that accounts `pid`'s memory (v1 memory, or the v2 tree)."""
+    dirs = cgroup_dirs_of(pid, root)
+    if is_unified(root):
+        return dirs.get("")
+    return next((d for c, d in dirs.items() if "memory" in c.split(",")), None)
+
+
+def oom_kills(cgroup: Path) -> int:
+    """OOM kills counted by the cgroup: v1 `memory.oom_control`, v2 `memory.events`."""
+    for name in ("memory.events", "memory.oom_control"):
+        try:
+            text = (cgroup / name).read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill" and value.strip().isdigit():
+                return int(value)
+    return 0
+
+
+def move_beside(pid: int, neighbour: int, name: str, root: Path = CGROUP_ROOT) -> list[Path]:
+    """Put `pid` in a new leaf cgroup `name` next to `neighbour`'s cgroup, in every hierarchy.
+
+    Returns the leaves made (for `remove_leaves`). A hierarchy that refuses is skipped with
+    a warning: the process then stays where it was in that hierarchy, which is harmless.
+    """
+    leaves: list[Path] = []
+    for controllers, directory in cgroup_dirs_of(neighbour, root).items():
+        leaf = directory.parent / name
+        try:
+            leaf.mkdir(exist_ok=True)
+            if "cpuset" in controllers.split(","):
+                _inherit_cpuset(leaf)
+            (leaf / "cgroup.procs").write_text(str(pid))
+        except OSError as exc:
+            log.warning("cannot move pid %d to %s: %s", pid, leaf, exc.strerror)
+            with contextlib.suppress(OSError):
+                leaf.rmdir()
+            continue
+        leaves.append(leaf)
+    return leaves
+
+
+def _inherit_cpuset(leaf: Path) -> None:
+    """A v1 cpuset starts empty and takes no process until it has CPUs and memory nodes."""
+    for name in ("cpuset.cpus", "cpuset.mems"):
+        if not (leaf / name).read_text().strip():
+            (leaf / name).write_text((leaf.parent / name).read_text())
+
+
+def remove_leaves(leaves: list[Path]) -> None:
+    """Remove leaf cgroups once their processes are gone; what is gone already is fine."""
+    for leaf in leaves:
+        try:
+            leaf.rmdir()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("cannot remove cgroup %s: %s", leaf, exc.strerror)
