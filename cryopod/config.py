@@ -95,6 +95,28 @@ class RuntimeConfig:
 
 
 @dataclass
+class NetworkConfig:
+    """[network]: pod networking through CNI plugins."""
+
+    config_dirs: list[str] = field(default_factory=lambda: ["/etc/cni/net.d"])
+    """Where network configs (.conf, .conflist, .json) are read from, watched for changes."""
+    plugin_dirs: list[str] = field(default_factory=lambda: ["/opt/cni/bin", "/usr/lib/cni"])
+    """Where plugin binaries are looked up, in order."""
+    default_network: str = ""
+    """The network pods join, by name; empty means the first usable config file by name."""
+    cache_dir: str = ""
+    """Cached ADD results (for DEL after a restart); empty means <root>/cni/results."""
+    plugin_timeout: float = 60.0
+    """Seconds one plugin call may take."""
+    default_bridge: str = "cryopod0"
+    """Bridge of the embedded default network (used when no config file exists at all)."""
+    default_subnets: list[str] = field(default_factory=lambda: ["10.85.0.0/16"])
+    """IPAM ranges of the embedded default network until the kubelet gives a PodCIDR."""
+    default_ipam_dir: str = ""
+    """host-local's store for the embedded default; empty means /var/lib/cni/networks."""
+
+
+@dataclass
 class Config:
     """The effective configuration of the daemon."""
 
@@ -110,6 +132,7 @@ class Config:
     """text or json."""
     image: ImageConfig = field(default_factory=ImageConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
 
     @property
     def database_path(self) -> Path:

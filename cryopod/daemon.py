@@ -36,6 +36,7 @@ from cryopod.images.service import ImageService
 from cryopod.images.store import ImageStore
 from cryopod.pods.files import PodFiles
 from cryopod.pods.namespaces import NamespacePinner
+from cryopod.pods.network import CNIManager, CNISettings, EmbeddedNetwork
 from cryopod.pods.service import PodService
 from cryopod.pods.store import sandbox_store
 from cryopod.procs import which
@@ -67,6 +68,7 @@ class Runtime:
     progress: ProgressHub
     pods: PodService
     containers: ContainerService
+    network: CNIManager
     exits: ExitWatcher
 
 
@@ -136,6 +138,7 @@ def build_runtime(config: Config) -> Runtime:
             spec=spec,
             pause_image=config.image.pause_image,
         )
+    network = CNIManager(network_settings(config))
     pods = PodService(
         store=sandbox_store(db),
         pinner=NamespacePinner(runroot / "ns"),
@@ -144,6 +147,7 @@ def build_runtime(config: Config) -> Runtime:
         handlers=set(runtimes),
         default_handler=config.runtime.default_handler,
         infra=infra,
+        network=network,
     )
     containers = ContainerService(
         store=container_store(db),
@@ -163,6 +167,25 @@ def build_runtime(config: Config) -> Runtime:
         pods=pods,
         containers=containers,
         exits=exits,
+        network=network,
+    )
+
+
+def network_settings(config: Config) -> CNISettings:
+    net = config.network
+    return CNISettings(
+        config_dirs=tuple(Path(d) for d in net.config_dirs),
+        plugin_dirs=tuple(Path(d) for d in net.plugin_dirs),
+        cache_dir=Path(net.cache_dir or Path(config.root) / "cni" / "results"),
+        default_network=net.default_network,
+        # The namespace pinner brings lo up in-process: no loopback plugin exec per pod.
+        loopback=False,
+        plugin_timeout=net.plugin_timeout,
+        embedded=EmbeddedNetwork(
+            bridge=net.default_bridge,
+            subnets=tuple(net.default_subnets),
+            ipam_data_dir=net.default_ipam_dir,
+        ),
     )
 
 
@@ -211,6 +234,7 @@ def build_grpc_server(config: Config, runtime: Runtime) -> grpc.aio.Server:
             effective_config=lambda: dataclasses.asdict(config),
             pods=runtime.pods,
             containers=runtime.containers,
+            network=runtime.network,
         ),
         server,
     )
@@ -244,6 +268,8 @@ async def running(config: Config) -> AsyncIterator[Runtime]:
     """The daemon serving CRI until the block ends; then a clean, ordered shutdown."""
     runtime = build_runtime(config)
     await runtime.images.recover()
+    status = await runtime.network.start()
+    log.info("pod network: %s", status.message or status.network)
     await runtime.pods.recover()
     await runtime.containers.recover()
     runtime.exits.add_callback(runtime.containers.on_exit, replay=True)
@@ -265,6 +291,7 @@ async def running(config: Config) -> AsyncIterator[Runtime]:
         await server.stop(SHUTDOWN_GRACE_SECONDS)
         await runtime.exits.close()
         await runtime.pods.close()
+        await runtime.network.close()
         await runtime.installer.close()
         await runtime.puller.close()
         runtime.db.close()

@@ -305,3 +305,119 @@ class UnknownGroup(InvalidArgument):
     def __init__(self, name: str) -> None:
         super().__init__(f"group {name!r} not found in the container's /etc/group")
         self.name = name
+
+
+# --- network (CNI) -------------------------------------------------------------------------
+
+
+class NetworkNotReady(FailedPrecondition):
+    """No usable CNI network: no valid config, or a plugin it needs is missing or unusable."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"pod network is not ready: {reason}")
+        self.reason = reason
+
+
+class InvalidNetworkConfig(InvalidArgument):
+    """A CNI network configuration (a file, or the embedded default) is malformed."""
+
+    def __init__(self, source: str, reason: str) -> None:
+        super().__init__(f"CNI network config {source}: {reason}")
+        self.source = source
+        self.reason = reason
+
+
+class CNIPluginFailed(Unavailable):
+    """A CNI plugin reported an error; `cni_code`, `cni_message`, `details` are its own words."""
+
+    def __init__(
+        self,
+        *,
+        network: str,
+        plugin: str,
+        command: str,
+        sandbox_id: str,
+        cni_code: int | None,
+        cni_message: str,
+        details: str = "",
+    ) -> None:
+        code = f" (CNI error {cni_code})" if cni_code is not None else ""
+        more = f": {details}" if details else ""
+        target = f" for sandbox {sandbox_id}" if sandbox_id else ""
+        super().__init__(
+            f"CNI {command} of network {network!r}{target}: plugin {plugin} failed{code}: "
+            f"{cni_message}{more}"
+        )
+        self.network = network
+        self.plugin = plugin
+        self.command = command
+        self.sandbox_id = sandbox_id
+        self.cni_code = cni_code
+        self.cni_message = cni_message
+        self.details = details
+
+
+class CNIPluginTimeout(DeadlineExceeded):
+    """A CNI plugin did not finish in time and was killed."""
+
+    def __init__(
+        self, *, network: str, plugin: str, command: str, sandbox_id: str, timeout: float
+    ) -> None:
+        target = f" for sandbox {sandbox_id}" if sandbox_id else ""
+        super().__init__(
+            f"CNI {command} of network {network!r}{target}: plugin {plugin} did not finish "
+            f"within {timeout:g}s"
+        )
+        self.network = network
+        self.plugin = plugin
+        self.command = command
+        self.sandbox_id = sandbox_id
+        self.timeout = timeout
+
+
+class InvalidCNIResult(Internal):
+    """A CNI result (a plugin's output, or a cached copy of one) is malformed."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"invalid CNI result: {reason}")
+        self.reason = reason
+
+
+# --- streaming -----------------------------------------------------------------------------
+
+
+class InvalidStreamRequest(InvalidArgument):
+    """An Exec, Attach or PortForward request the streaming server cannot serve."""
+
+    def __init__(self, kind: str, reason: str) -> None:
+        super().__init__(f"invalid {kind} request: {reason}")
+        self.kind = kind
+        self.reason = reason
+
+
+class TooManyPendingStreams(ResourceExhausted):
+    """Every streaming URL slot is taken by a request nobody has used yet."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"too many pending streaming requests (limit {limit}); retry when some have expired"
+        )
+        self.limit = limit
+
+
+class StreamClosed(Unavailable):
+    """The client of a streaming session went away; raised when writing to it."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"streaming client closed {what}")
+        self.what = what
+
+
+class SpdyProtocolError(InvalidArgument):
+    """A SPDY peer sent bytes that are not valid SPDY/3.1; the session cannot go on."""
+
+    def __init__(self, reason: str, *, stream_id: int = 0) -> None:
+        where = f" (stream {stream_id})" if stream_id else ""
+        super().__init__(f"SPDY protocol error{where}: {reason}")
+        self.reason = reason
+        self.stream_id = stream_id

@@ -10,6 +10,7 @@ being created, so a concurrent duplicate is refused at once.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -20,11 +21,12 @@ from typing import Any, Protocol
 
 from cryopod.containers.oci.spec import PodFiles as SpecPodFiles
 from cryopod.containers.oci.spec import namespaced_sysctls
-from cryopod.errors import InvalidArgument, NotFound
+from cryopod.errors import CryopodError, InvalidArgument, NotFound
 from cryopod.ids import new_id
 from cryopod.pods.files import PodFiles
 from cryopod.pods.model import NamespaceKind, NamespaceMode, PodSandboxConfig, Sandbox, SandboxState
 from cryopod.pods.namespaces import NamespacePinner, PidNamespaceHolder, is_pinned_namespace
+from cryopod.pods.network import CNIManager, PodNetworkRequest, bandwidth_from_annotations
 from cryopod.pods.store import SandboxStore
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,7 @@ class PodService:
         handlers: set[str],
         default_handler: str,
         infra: InfraRunner | None = None,
+        network: CNIManager | None = None,
     ) -> None:
         self._store = store
         self._pinner = pinner
@@ -79,6 +82,8 @@ class PodService:
         self._handlers = handlers
         self._default_handler = default_handler
         self._infra = infra
+        self._network = network
+        self._checks: asyncio.Task[None] | None = None
 
     # --- queries --------------------------------------------------------------------------
 
@@ -152,13 +157,17 @@ class PodService:
         hostname = config.hostname or config.metadata.name
         undo.push_async_callback(self._pinner.unpin, sandbox.id)
         pinned = await self._pinner.pin(sandbox.id, kinds, hostname=hostname, sysctls=sysctls)
+        ip_addresses = await self._attach_network(sandbox, pinned.get("net"), undo)
         undo.callback(self._files.remove, sandbox.id)
-        self._files.write(sandbox.id, hostname=hostname, dns=config.dns_config)
+        self._files.write(
+            sandbox.id, hostname=hostname, dns=config.dns_config, ip_addresses=ip_addresses
+        )
         if not options.host_ipc:
             self._files.mount_shm(sandbox.id)
         sandbox = replace(
             sandbox,
             namespace_paths={PINNED_KINDS[kind]: str(path) for kind, path in pinned.items()},
+            ip_addresses=ip_addresses,
         )
         infra: InfraProcess | None = None
         if self._infra is not None:
@@ -184,6 +193,35 @@ class PodService:
             infra_container=self._infra is not None,
         )
 
+    async def _attach_network(
+        self, sandbox: Sandbox, netns: Path | None, undo: contextlib.AsyncExitStack
+    ) -> tuple[str, ...]:
+        """CNI ADD into the pod's pinned netns; its IPs, primary first (none for host network)."""
+        if self._network is None or netns is None:
+            return ()
+        config = sandbox.config
+        request = PodNetworkRequest(
+            sandbox_id=sandbox.id,
+            netns=str(netns),
+            pod_name=config.metadata.name,
+            pod_namespace=config.metadata.namespace,
+            pod_uid=config.metadata.uid,
+            port_mappings=tuple(config.port_mappings),
+            dns=config.dns_config,
+            bandwidth=bandwidth_from_annotations(config.annotations),
+            cgroup_path=config.linux.cgroup_parent,
+        )
+        undo.push_async_callback(self._network.detach, sandbox.id, str(netns))
+        attachment = await self._network.attach(request)
+        return tuple(attachment.ips)
+
+    async def _detach_network(self, sandbox: Sandbox) -> None:
+        """CNI DEL (idempotent); while the netns is still pinned, so plugins can clean it."""
+        if self._network is not None and not sandbox.config.namespace_options.host_network:
+            await self._network.detach(
+                sandbox.id, sandbox.namespace_paths.get(NamespaceKind.NETWORK, "")
+            )
+
     # --- stop and remove ------------------------------------------------------------------
 
     async def stop(self, sandbox_id: str, stop_containers: StopContainers) -> None:
@@ -194,6 +232,7 @@ class PodService:
             return
         await stop_containers(sandbox.id)
         await self._stop_infra(sandbox)
+        await self._detach_network(sandbox)
         if sandbox.state is not SandboxState.NOTREADY or sandbox.infra_pid is not None:
             self._store.update(replace(sandbox, state=SandboxState.NOTREADY, infra_pid=None))
             log.info("pod sandbox %s stopped", sandbox.id)
@@ -208,6 +247,7 @@ class PodService:
         await self._stop_infra(sandbox)
         if sandbox.infra_container and self._infra is not None:
             await self._infra.remove(sandbox)
+        await self._detach_network(sandbox)
         await self._release(sandbox.id)
         self._store.delete(sandbox.id)
         log.info("pod sandbox %s removed", sandbox.id)
@@ -224,6 +264,10 @@ class PodService:
 
     async def close(self) -> None:
         """At daemon stop: drop the namespace root's private mount once nothing is pinned."""
+        if self._checks is not None:
+            self._checks.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checks
         if not self._pinner.list_pinned():
             await self._pinner.release_root()
 
@@ -242,6 +286,10 @@ class PodService:
         for sandbox_id in PidNamespaceHolder.sandbox_ids(self._state_dir) - recorded:
             log.info("stopping the PID holder of pod sandbox %s, never recorded", sandbox_id)
             await PidNamespaceHolder.release(self._state_dir, sandbox_id)
+        if self._network is not None:
+            # DEL pods that are gone while their netns may still be pinned.
+            for sandbox_id in await self._network.gc(keep=recorded):
+                log.info("pod sandbox %s was never recorded: removed from the network", sandbox_id)
         pinned = self._pinner.list_pinned()
         for sandbox_id in set(pinned) - recorded:
             log.info("removing namespaces of pod sandbox %s, never recorded", sandbox_id)
@@ -249,10 +297,35 @@ class PodService:
         for sandbox_id in set(self._files.sandbox_ids()) - recorded:
             log.info("removing files of pod sandbox %s, never recorded", sandbox_id)
             self._files.remove(sandbox_id)
+        ready = []
         for sandbox in sandboxes:
-            if sandbox.state is SandboxState.READY and not self._intact(sandbox, pinned):
+            if sandbox.state is not SandboxState.READY:
+                continue
+            if self._intact(sandbox, pinned):
+                ready.append(sandbox)
+            else:
                 log.warning("pod sandbox %s lost a namespace or its PID holder", sandbox.id)
                 self._store.update(replace(sandbox, state=SandboxState.NOTREADY))
+        # A CHECK is a chain of plugin execs per pod: run them behind the serving daemon.
+        self._checks = asyncio.create_task(self._check_networks(ready))
+
+    async def _check_networks(self, sandboxes: list[Sandbox]) -> None:
+        """CNI CHECK recovered pods; a failure is logged, not acted on.
+
+        Some plugins fail CHECK for healthy pods (Debian's portmap on IPv4-only pods when
+        ip6tables works), so a failed CHECK must not tear a running pod down.
+        """
+        network = self._network
+        if network is None:
+            return
+        for sandbox in sandboxes:
+            if sandbox.config.namespace_options.host_network:
+                continue
+            netns = sandbox.namespace_paths.get(NamespaceKind.NETWORK, "")
+            try:
+                await network.check(sandbox.id, netns)
+            except CryopodError as exc:
+                log.warning("pod sandbox %s: CNI CHECK failed: %s", sandbox.id, exc)
 
     def _intact(self, sandbox: Sandbox, pinned: dict[str, dict[str, Path]]) -> bool:
         """Whether every namespace the sandbox recorded still exists."""

@@ -13,6 +13,7 @@ from cri_api.v1 import api_pb2_grpc as cri_grpc
 import cryopod
 from cryopod.containers.service import ContainerService
 from cryopod.errors import InvalidArgument, Unimplemented
+from cryopod.pods.network import CNIManager
 from cryopod.pods.service import PodService
 from cryopod.server import convert_pods
 from cryopod.state import codec
@@ -34,10 +35,12 @@ class RuntimeServicer(cri_grpc.RuntimeServiceServicer):
         effective_config: Callable[[], dict[str, Any]],
         pods: PodService,
         containers: ContainerService,
+        network: CNIManager,
     ) -> None:
         self._effective_config = effective_config
         self._pods = pods
         self._containers = containers
+        self._network = network
 
     # --- pod sandboxes ---------------------------------------------------------------------
 
@@ -145,6 +148,12 @@ class RuntimeServicer(cri_grpc.RuntimeServiceServicer):
         await self._containers.reopen_log(request.container_id)
         return cri.ReopenContainerLogResponse()
 
+    async def UpdateRuntimeConfig(
+        self, request: cri.UpdateRuntimeConfigRequest, context: Context
+    ) -> Any:
+        await self._network.set_pod_cidr(request.runtime_config.network_config.pod_cidr)
+        return cri.UpdateRuntimeConfigResponse()
+
     async def RuntimeConfig(self, request: cri.RuntimeConfigRequest, context: Context) -> Any:
         driver = self._effective_config()["runtime"]["cgroup_driver"]
         return cri.RuntimeConfigResponse(
@@ -162,16 +171,22 @@ class RuntimeServicer(cri_grpc.RuntimeServiceServicer):
         )
 
     async def Status(self, request: cri.StatusRequest, context: Context) -> Any:
+        network = self._network.status()
         conditions = [
             cri.RuntimeCondition(type="RuntimeReady", status=True),
             cri.RuntimeCondition(
                 type="NetworkReady",
-                status=False,
-                reason="NetworkPluginNotReady",
-                message="cryopod: pod networking (CNI) is not available in this version",
+                status=network.ready,
+                reason="" if network.ready else network.reason,
+                message=network.message,
             ),
         ]
-        info = {"config": json.dumps(self._effective_config())} if request.verbose else {}
+        info = {}
+        if request.verbose:
+            info = {
+                "config": json.dumps(self._effective_config()),
+                "network": json.dumps(network.info()),
+            }
         return cri.StatusResponse(
             status=cri.RuntimeStatus(conditions=conditions),
             info=info,

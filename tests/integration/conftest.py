@@ -16,7 +16,7 @@ import pytest
 from cri_api.v1 import api_pb2 as cri
 from cri_api.v1 import api_pb2_grpc as cri_grpc
 
-from tests.support.leaks import session_cgroup_name
+from tests.support.leaks import session_cgroup_name, session_marker
 
 REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 20.0
@@ -170,19 +170,56 @@ def insecure_registries_conf(*hosts: str, extra: str = "") -> str:
     return entries + extra
 
 
+@dataclass(frozen=True)
+class TestNetwork:
+    """The embedded default network of this session's daemons: its own bridge and subnet."""
+
+    bridge: str
+    subnet: str
+
+    @property
+    def gateway(self) -> str:
+        return self.subnet.replace(".0.0/16", ".0.1")
+
+
+@pytest.fixture(scope="session")
+def test_network() -> Iterator[TestNetwork]:
+    """A bridge name and subnet unlikely to clash with another session's; deleted at the end."""
+    marker = session_marker()
+    network = TestNetwork(
+        bridge=f"cp{marker[:8]}", subnet=f"10.{100 + int(marker[:2], 16) % 150}.0.0/16"
+    )
+    yield network
+    subprocess.run(["ip", "link", "del", network.bridge], capture_output=True)
+
+
 @pytest.fixture
-def make_daemon(tmp_path: Path) -> Iterator[object]:
-    """Factory: make_daemon(registries_conf_text, config_text="") -> started Daemon."""
+def make_daemon(tmp_path: Path, test_network: TestNetwork) -> Iterator[object]:
+    """Factory: make_daemon(registries_conf_text, config_text="", network="") -> started Daemon.
+
+    `config` continues the [image] table; `network` adds keys to the [network] table, whose
+    defaults here are a CNI config dir of the daemon's own (empty: the embedded default
+    network) on this session's bridge and subnet, with its own IPAM store.
+    """
     daemons: list[Daemon] = []
 
-    def factory(registries_conf: str = "", config: str = "", start: bool = True) -> Daemon:
+    def factory(
+        registries_conf: str = "", config: str = "", start: bool = True, network: str = ""
+    ) -> Daemon:
         base = tmp_path / f"cryopod{len(daemons)}"
         base.mkdir()
         conf = base / "registries.conf"
         conf.write_text(registries_conf)
         config_path = base / "cryopod.conf"
+        network_table = (
+            f'[network]\nconfig_dirs = ["{base / "net.d"}"]\n'
+            f'default_bridge = "{test_network.bridge}"\n'
+            f'default_subnets = ["{test_network.subnet}"]\n'
+            f'default_ipam_dir = "{base / "ipam"}"\n{network}\n'
+        )
         config_path.write_text(
-            f'[image]\nregistries_conf = "{conf}"\nauth_file = "{base / "auth.json"}"\n{config}'
+            f'{network_table}[image]\nregistries_conf = "{conf}"\n'
+            f'auth_file = "{base / "auth.json"}"\n{config}'
         )
         daemon = Daemon(base=base, config_path=config_path, registries_conf=conf)
         daemons.append(daemon)
