@@ -15,8 +15,10 @@ every pod is torn down over CRI and the bench checks that nothing is left: no sa
 container listed, no monitor process, no mount under the runtime's directories, no netns, no
 container cgroup. `--concurrency 1 --pods 10` gives the one-pod-at-a-time figure.
 
-Networking is loopback only for both runtimes (each pod gets its own netns with lo up);
-containerd gets a loopback-only CNI config. CNI bridge networking arrives with issue 4.
+Networking is the same CNI chain for both runtimes: the
+Debian plugins bridge + host-local + portmap, each runtime on a bridge and /16 of its own,
+every pod with an IP on eth0, a veth and masquerade rules. containerd also runs the loopback
+plugin per pod; cryopod brings lo up itself when it makes the netns.
 
 Run from the repo root as root:  .venv/bin/python bench/pods.py [--pods 105] [--concurrency 8]
 """
@@ -78,33 +80,42 @@ POD_NAMESPACE = "bench"
 CONTAINER_NAME = "sleeper"
 CONTAINER_COMMAND = ("/bin/sleep", "3600")
 RUN_LABEL = "bench.cryopod.io/run"
-NETWORKS = ("loopback",)
-NETWORK_NOTE = {"loopback": "loopback only (CNI bridge arrives with issue 4)"}
-# containerd's CRI plugin fails RunPodSandbox when the network gives the pod no IP on eth0
-# ("failed to find network info for sandbox"), and the loopback plugin only reports lo. So its
-# loopback-only conflist chains the `static` IPAM plugin as a main plugin: it creates no
-# interface, it only reports a placeholder link-local address, which containerd then records
-# as the pod IP. The work done in the pod's netns is the same as cryopod's: lo up.
-CONTAINERD_PLACEHOLDER_IP = "169.254.169.1/32"
-LOOPBACK_CNI = (
-    json.dumps(
-        {
-            "cniVersion": "0.4.0",
-            "name": "lo",
-            "plugins": [
-                {"type": "loopback"},
-                {
-                    "type": "static",
-                    "ipam": {
-                        "type": "static",
-                        "addresses": [{"address": CONTAINERD_PLACEHOLDER_IP}],
-                    },
+NETWORK_NOTE = "CNI bridge + host-local + portmap for both runtimes (an IP and a veth per pod)"
+# Each runtime's bridge network: bridge device and subnet.
+BRIDGES = {"cryopod": ("cpbench0", "10.88.0.0/16"), "containerd": ("cdbench0", "10.89.0.0/16")}
+
+
+def bridge_conflist(runtime: str, ipam_dir: Path) -> str:
+    """The CNI network a runtime's pods join."""
+    bridge, subnet = BRIDGES[runtime]
+    config = {
+        "cniVersion": "1.0.0",
+        "name": f"bench-{runtime}",
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": bridge,
+                "isGateway": True,
+                "ipMasq": True,
+                "hairpinMode": True,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": subnet}]],
+                    "routes": [{"dst": "0.0.0.0/0"}],
+                    "dataDir": str(ipam_dir),
                 },
-            ],
-        }
-    )
-    + "\n"
-)
+            },
+            {"type": "portmap", "capabilities": {"portMappings": True}},
+        ],
+    }
+    return json.dumps(config, indent=1) + "\n"
+
+
+def delete_bridges() -> None:
+    for bridge, _subnet in BRIDGES.values():
+        subprocess.run(["ip", "link", "del", bridge], capture_output=True, check=False)
+
+
 NETNS_DIR = Path("/run/netns")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CAP_SYS_RESOURCE = 24
@@ -957,17 +968,21 @@ def has_sys_resource() -> bool:
 
 def make_runtime(name: str, base: Path, images: BenchImages, args: argparse.Namespace) -> Runtime:
     if name == "cryopod":
+        net_d = base / "net.d"
+        net_d.mkdir(parents=True, exist_ok=True)
+        (net_d / "10-bench.conflist").write_text(bridge_conflist(name, base / "ipam"))
         return CryopodDaemon(
             base,
             insecure_registries=[images.host],
             pause_image=images.pause,
             log_level=args.log_level,
+            extra_config=f'[network]\nconfig_dirs = ["{net_d}"]\n',
         )
     return Containerd(
         base,
         insecure_registries=[images.host],
         sandbox_image=images.pause,
-        cni_config=LOOPBACK_CNI,
+        cni_config=bridge_conflist(name, base / "ipam"),
         netns_under_state=True,
         systemd_cgroup=False,
         restrict_oom_score_adj=not has_sys_resource(),
@@ -1179,13 +1194,12 @@ def header_lines(images: BenchImages, args: argparse.Namespace) -> list[str]:
         f"pods: {args.pods} pods x 1 container ({images.busybox}, "
         f"`{' '.join(CONTAINER_COMMAND)}`), {mode}, image present, "
         f"{args.warmup} warm-up pod(s) first",
-        f"networking: {NETWORK_NOTE[args.network]}",
+        f"networking: {NETWORK_NOTE}",
         f"host: {os.cpu_count()} CPUs, Linux {platform.release()}, {runc_version()}; "
         "cgroupfs driver",
         "cryopod runs no infra container; containerd runs a pause container per pod "
         "(catatonit -P as /pause) under one containerd-shim-runc-v2 per pod",
-        "containerd's conflist: loopback + `static` placeholder IP "
-        f"{CONTAINERD_PLACEHOLDER_IP} (its CRI plugin wants an eth0 IP; no interface is made)"
+        "containerd also runs the loopback plugin per pod"
         + ("" if has_sys_resource() else "; restrict_oom_score_adj (no CAP_SYS_RESOURCE)"),
     ]
 
@@ -1289,8 +1303,7 @@ def report_json(
         "pods": args.pods,
         "concurrency": args.concurrency,
         "warmup": args.warmup,
-        "network": args.network,
-        "network_note": NETWORK_NOTE[args.network],
+        "network": NETWORK_NOTE,
         "image": images.busybox,
         "command": list(CONTAINER_COMMAND),
         "pause_image": images.pause,
@@ -1318,12 +1331,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--concurrency", type=int, default=8, help="concurrent workers (1: one pod at a time)"
     )
     parser.add_argument("--warmup", type=int, default=1, help="untimed pods started first")
-    parser.add_argument(
-        "--network",
-        choices=NETWORKS,
-        default="loopback",
-        help="pod networking (only loopback until issue 4 brings CNI bridge networking)",
-    )
     parser.add_argument("--no-containerd", action="store_true", help="benchmark cryopod only")
     parser.add_argument("--no-cryopod", action="store_true", help="benchmark containerd only")
     parser.add_argument("--json", action="store_true", help="print results as JSON")
@@ -1376,6 +1383,7 @@ def main(argv: list[str] | None = None) -> int:
                 runs = {name: run_runtime(name, workdir, images, args) for name in names}
             finally:
                 registry.stop()
+                delete_bridges()
             if args.json:
                 print(json.dumps(report_json(runs, images, args), indent=2))
             else:
