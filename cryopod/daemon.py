@@ -126,6 +126,7 @@ def build_runtime(config: Config) -> Runtime:
             pids_limit=config.runtime.pids_limit,
             shm_size=config.runtime.shm_size,
         ),
+        exec_output_limit=config.runtime.exec_sync_output_limit,
     )
     bundle_root = runroot / "containers"
     infra = None

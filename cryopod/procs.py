@@ -124,3 +124,34 @@ async def run_with_fds(
     if check and result.returncode != 0:
         raise CommandFailed(args, result.returncode, stderr.decode(errors="replace"))
     return result
+
+
+async def spawn(
+    argv: Sequence[str],
+    *,
+    stdin: bool = False,
+    stdout: bool = True,
+    stderr: bool = True,
+    env: Mapping[str, str] | None = None,
+) -> asyncio.subprocess.Process:
+    """Start `argv` with pipes for the streams asked for (the others on /dev/null).
+
+    For long-lived helpers whose streams the caller relays (`runc exec`); the caller owns
+    the process and must wait for it (`kill_and_reap` on the way out).
+    """
+    args = [str(a) for a in argv]
+    log.debug("spawn %s", " ".join(args))
+    pipe, null = asyncio.subprocess.PIPE, asyncio.subprocess.DEVNULL
+    return await asyncio.create_subprocess_exec(
+        *args,
+        stdin=pipe if stdin else null,
+        stdout=pipe if stdout else null,
+        stderr=pipe if stderr else null,
+        env=dict(env) if env is not None else None,
+        close_fds=True,
+    )
+
+
+async def kill_and_reap(proc: asyncio.subprocess.Process) -> None:
+    """SIGKILL a spawned process if it still runs, and reap it."""
+    await _kill_and_reap(proc)

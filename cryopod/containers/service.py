@@ -16,12 +16,18 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from cryopod.containers.model import Container, ContainerConfig, ContainerState, ImageRuntimeConfig
+from cryopod.containers.oci.exec import (
+    ExecOutput,
+    ExecProcess,
+    exec_process_spec,
+    run_to_completion,
+)
 from cryopod.containers.oci.runtime import OCIRuntime
 from cryopod.containers.oci.spec import (
     HostFacts,
@@ -32,6 +38,7 @@ from cryopod.containers.oci.spec import (
 from cryopod.containers.store import ContainerStore, container_unique_name
 from cryopod.containers.users import resolve_container_user
 from cryopod.errors import (
+    DeadlineExceeded,
     FailedPrecondition,
     ImageNotFound,
     InvalidArgument,
@@ -56,6 +63,8 @@ class SpecSettings:
 
     host: HostFacts
     options: SpecOptions
+    exec_output_limit: int = 16 * 1024 * 1024
+    """Bytes of each stream an ExecSync keeps."""
 
 
 class ContainerService:
@@ -209,6 +218,39 @@ class ContainerService:
             stdin_once=container.config.stdin_once,
             tty=container.config.tty,
         )
+
+    # --- exec -------------------------------------------------------------------------------
+
+    async def start_exec(
+        self, container_id: str, cmd: Sequence[str], *, tty: bool, stdin: bool
+    ) -> ExecProcess:
+        """Run `cmd` in the running container as the container's own process would run."""
+        if not cmd:
+            raise InvalidArgument("a command to run is required")
+        container = self.get(container_id)
+        if container.state is not ContainerState.RUNNING:
+            raise FailedPrecondition(
+                f"container {container.id} is {container.state.name.lower()}, not running"
+            )
+        spec = self.runtime_spec(container)
+        if spec is None:
+            raise FailedPrecondition(f"container {container.id} has no bundle (host restarted?)")
+        process = exec_process_spec(spec, cmd, tty=tty)
+        return await self._runtime(container).exec(container.id, process, stdin=stdin and not tty)
+
+    async def exec_sync(self, container_id: str, cmd: Sequence[str], timeout: float) -> ExecOutput:
+        """Run `cmd` to completion; DeadlineExceeded (after killing it) past `timeout` s."""
+        process = await self.start_exec(container_id, cmd, tty=False, stdin=False)
+        try:
+            return await run_to_completion(
+                process, timeout=timeout, output_limit=self._spec.exec_output_limit
+            )
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"command {list(cmd)!r} in container {container_id} timed out after {timeout:g}s"
+            ) from None
+        finally:
+            await process.close()
 
     def runtime_spec(self, container: Container) -> dict[str, Any] | None:
         """The OCI spec the container was created with (verbose status)."""

@@ -134,6 +134,14 @@ class RuntimeServicer(cri_grpc.RuntimeServiceServicer):
             ]
         )
 
+    async def ExecSync(self, request: cri.ExecSyncRequest, context: Context) -> Any:
+        output = await self._containers.exec_sync(
+            request.container_id, list(request.cmd), float(request.timeout)
+        )
+        return cri.ExecSyncResponse(
+            stdout=output.stdout, stderr=output.stderr, exit_code=output.exit_code
+        )
+
     async def UpdateContainerResources(
         self, request: cri.UpdateContainerResourcesRequest, context: Context
     ) -> Any:

@@ -17,6 +17,7 @@ import enum
 import json
 import logging
 import os
+import secrets
 import signal
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from asyncinotify import Inotify, Mask
 
 from cryopod import cgroups
 from cryopod.containers.oci import conmon
+from cryopod.containers.oci.exec import ExecProcess
 from cryopod.errors import (
     CommandFailed,
     CommandTimeout,
@@ -125,6 +127,10 @@ class OCIRuntime(Protocol):
     async def reopen_log(self, container_id: str) -> None: ...
 
     def read_exit(self, container_id: str) -> ExitInfo | None: ...
+
+    async def exec(
+        self, container_id: str, process: Mapping[str, Any], *, stdin: bool = False
+    ) -> ExecProcess: ...
 
     def container_ids(self) -> list[str]: ...
 
@@ -555,6 +561,23 @@ class ConmonRuntime:
                 raise OCIRuntimeTimeout(
                     container_id, f"conmon did not reopen {log_path}", _REOPEN_LOG_TIMEOUT
                 ) from exc
+
+    # ---- exec
+
+    async def exec(
+        self, container_id: str, process: Mapping[str, Any], *, stdin: bool = False
+    ) -> ExecProcess:
+        """Run `process` (an OCI process spec) in the running container with `runc exec`."""
+        return await ExecProcess.start(
+            runtime_argv=[
+                self._handler.runtime_path,
+                *conmon.runtime_global_args(self._handler.runtime_root),
+            ],
+            container_id=container_id,
+            process=process,
+            stdin=stdin,
+            work_dir=self.persist_root / container_id / f"exec-{secrets.token_hex(6)}",
+        )
 
     # ---- recovery
 
