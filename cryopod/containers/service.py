@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import time
@@ -227,11 +228,7 @@ class ContainerService:
         """Run `cmd` in the running container as the container's own process would run."""
         if not cmd:
             raise InvalidArgument("a command to run is required")
-        container = self.get(container_id)
-        if container.state is not ContainerState.RUNNING:
-            raise FailedPrecondition(
-                f"container {container.id} is {container.state.name.lower()}, not running"
-            )
+        container = self._running(container_id)
         spec = self.runtime_spec(container)
         if spec is None:
             raise FailedPrecondition(f"container {container.id} has no bundle (host restarted?)")
@@ -251,6 +248,23 @@ class ContainerService:
             ) from None
         finally:
             await process.close()
+
+    def attach_target(self, container_id: str) -> tuple[Container, Path]:
+        """A running container and its conmon attach socket."""
+        container = self._running(container_id)
+        return container, self._runtime(container).attach_socket_path(container.id)
+
+    def resize_terminal(self, container_id: str, width: int, height: int) -> None:
+        container = self._running(container_id)
+        self._runtime(container).resize_terminal(container.id, width, height)
+
+    def _running(self, container_id: str) -> Container:
+        container = self.get(container_id)
+        if container.state is not ContainerState.RUNNING:
+            raise FailedPrecondition(
+                f"container {container.id} is {container.state.name.lower()}, not running"
+            )
+        return container
 
     def runtime_spec(self, container: Container) -> dict[str, Any] | None:
         """The OCI spec the container was created with (verbose status)."""
@@ -274,20 +288,27 @@ class ContainerService:
         container = self.find(container_id)
         if container is None or container.state is ContainerState.EXITED:
             return
-        # The runtime treats an unknown or stopped container as stopped.
-        await self._runtime(container).stop(
-            container.id, max(timeout, 0.0), self._stop_signal(container)
-        )
+        # The runtime treats an unknown or stopped container as stopped. With no grace period
+        # it kills at once, and the stop signal is not even parsed: an image's odd StopSignal
+        # cannot keep a pod from being stopped or removed.
+        timeout = max(timeout, 0.0)
+        stop_signal = self._stop_signal(container) if timeout > 0 else DEFAULT_STOP_SIGNAL
+        await self._runtime(container).stop(container.id, timeout, stop_signal)
         stopped = self.find(container.id)
         if stopped is not None and stopped.state is not ContainerState.EXITED:
             # Its monitor is gone without an exit file (killed by hand): say so.
             self._record_lost_exit(stopped, exit_code=137)
 
-    def _stop_signal(self, container: Container) -> int:
+    def stop_signal_name(self, container: Container) -> str:
+        """The signal StopContainer sends: the config's, else the image's; "" for SIGTERM."""
         name = container.config.stop_signal
         if not name:
             image = self._images.resolve(container.image_id)
             name = ImageRuntimeConfig.from_image_config(image.config).stop_signal if image else ""
+        return name
+
+    def _stop_signal(self, container: Container) -> int:
+        name = self.stop_signal_name(container)
         return parse_signal(name) if name else DEFAULT_STOP_SIGNAL
 
     async def remove(self, container_id: str) -> None:
@@ -383,9 +404,7 @@ class ContainerService:
         self._store.update(replace(container, config=replace(container.config, linux=linux)))
 
     async def reopen_log(self, container_id: str) -> None:
-        container = self.get(container_id)
-        if container.state is not ContainerState.RUNNING:
-            raise FailedPrecondition(f"container {container.id} is not running")
+        container = self._running(container_id)
         await self._runtime(container).reopen_log(container.id)
 
 
@@ -406,13 +425,25 @@ def read_bundle(bundle: Path) -> dict[str, Any] | None:
     return spec
 
 
+_REALTIME_SIGNAL = re.compile(r"(RTMIN|RTMAX)(?:([+-])(\d+))?")
+
+
 def parse_signal(name: str) -> int:
-    """A signal given as "SIGTERM", "TERM" or "15"."""
+    """A signal given as "SIGTERM", "TERM" or "15", or real-time as "SIGRTMIN+3", "RTMAX-1"."""
     text = name.strip().upper()
     if text.isdigit():
         return int(text)
+    text = text.removeprefix("SIG")
+    realtime = _REALTIME_SIGNAL.fullmatch(text)
+    if realtime is not None:
+        low, high = int(signal.SIGRTMIN), int(signal.SIGRTMAX)
+        offset = int(realtime[3] or 0) * (-1 if realtime[2] == "-" else 1)
+        number = (low if realtime[1] == "RTMIN" else high) + offset
+        if low <= number <= high:
+            return number
+        raise InvalidArgument(f"stop signal {name!r} is outside SIGRTMIN..SIGRTMAX")
     try:
-        return int(signal.Signals[text if text.startswith("SIG") else f"SIG{text}"])
+        return int(signal.Signals[f"SIG{text}"])
     except KeyError as exc:
         raise InvalidArgument(f"unknown stop signal {name!r}") from exc
 

@@ -120,7 +120,11 @@ class RuntimeServicer(cri_grpc.RuntimeServiceServicer):
                 }
             )
         return cri.ContainerStatusResponse(
-            status=convert_pods.container_status_to_cri(container, log_path=container.log_path),
+            status=convert_pods.container_status_to_cri(
+                container,
+                log_path=container.log_path,
+                stop_signal=self._containers.stop_signal_name(container),
+            ),
             info=info,
         )
 
