@@ -119,6 +119,21 @@ class NetworkConfig:
 
 
 @dataclass
+class StreamingConfig:
+    """[streaming]: the HTTP server of exec, attach and port-forward sessions."""
+
+    address: str = "127.0.0.1"
+    """Where it listens; the URLs handed to the kubelet name this address."""
+    port: int = 0
+    """TCP port; 0 picks a free one at start."""
+    tls_cert_file: str = ""
+    """PEM certificate for HTTPS (with tls_key_file); empty serves plain HTTP."""
+    tls_key_file: str = ""
+    token_ttl: float = 60.0
+    """Seconds an unused streaming URL stays valid."""
+
+
+@dataclass
 class Config:
     """The effective configuration of the daemon."""
 
@@ -135,6 +150,7 @@ class Config:
     image: ImageConfig = field(default_factory=ImageConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
+    streaming: StreamingConfig = field(default_factory=StreamingConfig)
 
     @property
     def database_path(self) -> Path:

@@ -26,6 +26,7 @@ from cryopod.containers.oci.runtime import ConmonRuntime, OCIRuntime, RuntimeHan
 from cryopod.containers.oci.spec import CgroupDriver, SpecOptions, probe_host_facts
 from cryopod.containers.service import ContainerService, SpecSettings
 from cryopod.containers.store import container_store
+from cryopod.containers.streams import ContainerStreams
 from cryopod.errors import ConfigError
 from cryopod.images.auth import AuthFile
 from cryopod.images.install import Installer
@@ -48,6 +49,7 @@ from cryopod.state.db import Database
 from cryopod.storage.blobs import ContentStore
 from cryopod.storage.layers import LayerStore
 from cryopod.storage.rootfs import RootfsManager
+from cryopod.streaming import StreamingServer, StreamingSettings
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,7 @@ class Runtime:
     containers: ContainerService
     network: CNIManager
     exits: ExitWatcher
+    streaming: StreamingServer
 
 
 def make_directories(config: Config) -> None:
@@ -169,6 +172,7 @@ def build_runtime(config: Config) -> Runtime:
         containers=containers,
         exits=exits,
         network=network,
+        streaming=StreamingServer(ContainerStreams(containers, pods), streaming_settings(config)),
     )
 
 
@@ -188,6 +192,19 @@ def network_settings(config: Config) -> CNISettings:
             ipam_data_dir=net.default_ipam_dir,
         ),
     )
+
+
+def streaming_settings(config: Config) -> StreamingSettings:
+    streaming = config.streaming
+    settings = StreamingSettings(
+        address=streaming.address,
+        port=streaming.port,
+        tls_cert_file=streaming.tls_cert_file,
+        tls_key_file=streaming.tls_key_file,
+        token_ttl=streaming.token_ttl,
+    )
+    settings.validate()
+    return settings
 
 
 def build_oci_runtimes(config: Config, *, exits_dir: Path) -> dict[str, OCIRuntime]:
@@ -236,6 +253,7 @@ def build_grpc_server(config: Config, runtime: Runtime) -> grpc.aio.Server:
             pods=runtime.pods,
             containers=runtime.containers,
             network=runtime.network,
+            streaming=runtime.streaming,
         ),
         server,
     )
@@ -275,6 +293,7 @@ async def running(config: Config) -> AsyncIterator[Runtime]:
     await runtime.containers.recover()
     runtime.exits.add_callback(runtime.containers.on_exit, replay=True)
     await runtime.exits.start()
+    await runtime.streaming.start()
     server = build_grpc_server(config, runtime)
     socket_path = Path(config.listen)
     try:
@@ -290,6 +309,7 @@ async def running(config: Config) -> AsyncIterator[Runtime]:
     finally:
         log.info("shutting down: no new requests, draining in-flight ones")
         await server.stop(SHUTDOWN_GRACE_SECONDS)
+        await runtime.streaming.stop()
         await runtime.exits.close()
         await runtime.pods.close()
         await runtime.network.close()

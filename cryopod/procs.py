@@ -132,9 +132,11 @@ async def spawn(
     stdin: bool = False,
     stdout: bool = True,
     stderr: bool = True,
+    terminal: int | None = None,
     env: Mapping[str, str] | None = None,
 ) -> asyncio.subprocess.Process:
-    """Start `argv` with pipes for the streams asked for (the others on /dev/null).
+    """Start `argv` with pipes for the streams asked for (the others on /dev/null), or with
+    all three on `terminal` (a pty's slave side).
 
     For long-lived helpers whose streams the caller relays (`runc exec`); the caller owns
     the process and must wait for it (`kill_and_reap` on the way out).
@@ -144,9 +146,9 @@ async def spawn(
     pipe, null = asyncio.subprocess.PIPE, asyncio.subprocess.DEVNULL
     return await asyncio.create_subprocess_exec(
         *args,
-        stdin=pipe if stdin else null,
-        stdout=pipe if stdout else null,
-        stderr=pipe if stderr else null,
+        stdin=terminal if terminal is not None else pipe if stdin else null,
+        stdout=terminal if terminal is not None else pipe if stdout else null,
+        stderr=terminal if terminal is not None else pipe if stderr else null,
         env=dict(env) if env is not None else None,
         close_fds=True,
     )

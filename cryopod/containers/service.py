@@ -223,16 +223,23 @@ class ContainerService:
     # --- exec -------------------------------------------------------------------------------
 
     async def start_exec(
-        self, container_id: str, cmd: Sequence[str], *, tty: bool, stdin: bool
+        self,
+        container_id: str,
+        cmd: Sequence[str],
+        *,
+        tty: bool,
+        stdin: bool,
+        size: tuple[int, int] | None = None,
     ) -> ExecProcess:
-        """Run `cmd` in the running container as the container's own process would run."""
+        """Run `cmd` in the running container as the container's own process would run
+        (in a terminal of `size`, (width, height), when `tty`)."""
         if not cmd:
             raise InvalidArgument("a command to run is required")
         container = self._running(container_id)
         spec = self.runtime_spec(container)
         if spec is None:
             raise FailedPrecondition(f"container {container.id} has no bundle (host restarted?)")
-        process = exec_process_spec(spec, cmd, tty=tty)
+        process = exec_process_spec(spec, cmd, tty=tty, size=size)
         return await self._runtime(container).exec(container.id, process, stdin=stdin and not tty)
 
     async def exec_sync(self, container_id: str, cmd: Sequence[str], timeout: float) -> ExecOutput:

@@ -17,6 +17,7 @@ from cryopod.pods.network import CNIManager
 from cryopod.pods.service import PodService
 from cryopod.server import convert_pods
 from cryopod.state import codec
+from cryopod.streaming import AttachRequest, ExecRequest, PortForwardRequest, StreamingServer
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -36,11 +37,13 @@ class RuntimeServicer(cri_grpc.RuntimeServiceServicer):
         pods: PodService,
         containers: ContainerService,
         network: CNIManager,
+        streaming: StreamingServer,
     ) -> None:
         self._effective_config = effective_config
         self._pods = pods
         self._containers = containers
         self._network = network
+        self._streaming = streaming
 
     # --- pod sandboxes ---------------------------------------------------------------------
 
@@ -145,6 +148,42 @@ class RuntimeServicer(cri_grpc.RuntimeServiceServicer):
         return cri.ExecSyncResponse(
             stdout=output.stdout, stderr=output.stderr, exit_code=output.exit_code
         )
+
+    # --- streaming --------------------------------------------------------------------------
+
+    async def Exec(self, request: cri.ExecRequest, context: Context) -> Any:
+        self._containers.attach_target(request.container_id)  # NotFound / not running, now
+        url = self._streaming.exec_url(
+            ExecRequest(
+                container_id=request.container_id,
+                cmd=tuple(request.cmd),
+                tty=request.tty,
+                stdin=request.stdin,
+                stdout=request.stdout,
+                stderr=request.stderr,
+            )
+        )
+        return cri.ExecResponse(url=url)
+
+    async def Attach(self, request: cri.AttachRequest, context: Context) -> Any:
+        self._containers.attach_target(request.container_id)
+        url = self._streaming.attach_url(
+            AttachRequest(
+                container_id=request.container_id,
+                tty=request.tty,
+                stdin=request.stdin,
+                stdout=request.stdout,
+                stderr=request.stderr,
+            )
+        )
+        return cri.AttachResponse(url=url)
+
+    async def PortForward(self, request: cri.PortForwardRequest, context: Context) -> Any:
+        self._pods.get(request.pod_sandbox_id)
+        url = self._streaming.port_forward_url(
+            PortForwardRequest(pod_sandbox_id=request.pod_sandbox_id, ports=tuple(request.port))
+        )
+        return cri.PortForwardResponse(url=url)
 
     async def UpdateContainerResources(
         self, request: cri.UpdateContainerResourcesRequest, context: Context

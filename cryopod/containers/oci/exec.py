@@ -2,10 +2,11 @@
 
 The daemon runs `runc exec --process <json>` itself rather than through conmon: the exec'd
 process lives as long as the request that asked for it, so a monitor that outlives the
-daemon buys nothing, and the pipes (or the pty runc hands over on its console socket) go
-straight to the caller. The process spec is the container's own `process` with the new
-args, so the exec runs with the container's user, groups, env, cwd, capabilities and
-no_new_privs; runc applies the container's seccomp filter, namespaces and cgroups itself.
+daemon buys nothing, and the pipes (or a pty of ours that runc relays the container's
+terminal to) go straight to the caller. The process spec is the container's own `process`
+with the new args, so the exec runs with the container's user, groups, env, cwd,
+capabilities and no_new_privs; runc applies the container's seccomp filter, namespaces and
+cgroups itself.
 """
 
 from __future__ import annotations
@@ -18,21 +19,21 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import struct
-import tempfile
 import termios
+import tty
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryopod.procs import kill_and_reap, spawn
+from cryopod.errors import FailedPrecondition
+from cryopod.procs import kill_and_reap, spawn, which
 
 log = logging.getLogger(__name__)
 
 _READ_CHUNK = 64 * 1024
-_CONSOLE_TIMEOUT = 10.0
+_SBIN_PATH = ("/usr/bin", "/bin", "/usr/sbin", "/sbin")
 
 
 @dataclass(frozen=True)
@@ -45,13 +46,20 @@ class ExecOutput:
 
 
 def exec_process_spec(
-    container_spec: Mapping[str, Any], cmd: Sequence[str], *, tty: bool
+    container_spec: Mapping[str, Any],
+    cmd: Sequence[str],
+    *,
+    tty: bool,
+    size: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
-    """The container's process, running `cmd` instead (with or without a terminal)."""
+    """The container's process, running `cmd` instead (with or without a terminal of
+    `size`, (width, height), when known)."""
     process = dict(container_spec["process"])
     process["args"] = list(cmd)
     process["terminal"] = tty
     process.pop("consoleSize", None)
+    if tty and size is not None:
+        process["consoleSize"] = {"width": size[0], "height": size[1]}
     return process
 
 
@@ -63,6 +71,7 @@ class ExecProcess:
         self._work_dir = work_dir
         self.pty = pty
         """The pty master (terminal mode): stdin is written to it, stdout read from it."""
+        self._output_seen = False
 
     @classmethod
     async def start(
@@ -86,7 +95,10 @@ class ExecProcess:
                 str(work_dir / "pid"),
             ]
             if process.get("terminal"):
-                return await cls._start_with_terminal(argv, container_id, work_dir)
+                size = process.get("consoleSize") or {}
+                return await cls._start_with_terminal(
+                    argv, container_id, work_dir, (size.get("width", 0), size.get("height", 0))
+                )
             proc = await spawn([*argv, container_id], stdin=stdin)
             return cls(proc, work_dir, None)
         except BaseException:
@@ -95,30 +107,32 @@ class ExecProcess:
 
     @classmethod
     async def _start_with_terminal(
-        cls, argv: list[str], container_id: str, work_dir: Path
+        cls, argv: list[str], container_id: str, work_dir: Path, size: tuple[int, int]
     ) -> ExecProcess:
-        # A socket path must fit in 108 bytes; runroot paths can be longer, /tmp's are not.
-        socket_dir = Path(tempfile.mkdtemp(prefix="cryopod-console-"))
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        """runc makes the container's pty and relays it to its own stdio, which is a pty of
+        ours; resizing ours sends runc SIGWINCH (it is the foreground of that terminal, by
+        `setsid --ctty`), and runc resizes the container's to match.
+
+        (runc's console socket would hand over the container's pty directly, but only for a
+        detached exec, whose exit status nobody but a subreaper parent could collect.)
+        """
+        setsid = which("setsid", _SBIN_PATH)
+        if setsid is None:
+            raise FailedPrecondition("a terminal exec needs setsid (util-linux)")
+        master, slave = os.openpty()
+        # Raw from the start: runc sets it raw too, but input may arrive before it does.
+        tty.setraw(slave)
+        # runc sizes the container's terminal from ours when it starts.
+        _set_size(master, *size)
         try:
-            path = socket_dir / "sock"
-            listener.bind(str(path))
-            listener.listen(1)
-            listener.setblocking(False)
-            proc = await spawn(
-                [*argv, "--tty", "--console-socket", str(path), container_id],
-                stdout=False,
-            )
-            try:
-                async with asyncio.timeout(_CONSOLE_TIMEOUT):
-                    pty = await _receive_pty(listener, proc)
-            except BaseException:
-                await kill_and_reap(proc)
-                raise
+            proc = await spawn([setsid, "--ctty", *argv, "--tty", container_id], terminal=slave)
+        except BaseException:
+            os.close(master)
+            raise
         finally:
-            listener.close()
-            shutil.rmtree(socket_dir, ignore_errors=True)
-        return cls(proc, work_dir, pty)
+            os.close(slave)
+        os.set_blocking(master, False)
+        return cls(proc, work_dir, master)
 
     # ---- streams
 
@@ -137,7 +151,14 @@ class ExecProcess:
     async def read_pty(self) -> bytes:
         """Output from the terminal; b"" once the process side has closed it."""
         assert self.pty is not None
-        return await _read_fd(self.pty)
+        data = await _read_fd(self.pty)
+        if data and not self._output_seen:
+            self._output_seen = True
+            # The process runs, so runc listens for SIGWINCH now: a size set while it was
+            # starting may have been missed (its first look at the size can come too early).
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._proc.pid, signal.SIGWINCH)
+        return data
 
     async def write_pty(self, data: bytes) -> None:
         assert self.pty is not None
@@ -145,8 +166,8 @@ class ExecProcess:
 
     def resize(self, width: int, height: int) -> None:
         """Set the terminal's size; the process gets SIGWINCH."""
-        if self.pty is not None and width > 0 and height > 0:
-            fcntl.ioctl(self.pty, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
+        if self.pty is not None:
+            _set_size(self.pty, width, height)
 
     # ---- lifetime
 
@@ -173,6 +194,11 @@ class ExecProcess:
             os.close(self.pty)
             self.pty = None
         shutil.rmtree(self._work_dir, ignore_errors=True)
+
+
+def _set_size(pty: int, width: int, height: int) -> None:
+    if width > 0 and height > 0:
+        fcntl.ioctl(pty, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
 
 
 def _write_process_file(work_dir: Path, process: Mapping[str, Any]) -> Path:
@@ -211,27 +237,6 @@ async def _read_capped(stream: asyncio.StreamReader, limit: int) -> bytes:
         if len(kept) < limit:
             kept += chunk[: limit - len(kept)]
     return bytes(kept)
-
-
-async def _receive_pty(listener: socket.socket, proc: asyncio.subprocess.Process) -> int:
-    """Accept runc's connection on the console socket and take the pty master it sends."""
-    loop = asyncio.get_running_loop()
-    accept = asyncio.ensure_future(loop.sock_accept(listener))
-    exited = asyncio.ensure_future(proc.wait())
-    done, _ = await asyncio.wait({accept, exited}, return_when=asyncio.FIRST_COMPLETED)
-    if accept not in done:
-        accept.cancel()
-        raise OSError(f"runc exec exited with {proc.returncode} before handing over a terminal")
-    exited.cancel()
-    connection, _ = accept.result()
-    with connection:
-        connection.setblocking(True)
-        connection.settimeout(_CONSOLE_TIMEOUT)
-        _msg, fds, _flags, _addr = await asyncio.to_thread(socket.recv_fds, connection, 4096, 1)
-    if not fds:
-        raise OSError("runc sent no terminal on the console socket")
-    os.set_blocking(fds[0], False)
-    return fds[0]
 
 
 async def _read_fd(fd: int) -> bytes:

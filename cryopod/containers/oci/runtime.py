@@ -140,6 +140,8 @@ class OCIRuntime(Protocol):
 
     def attach_socket_path(self, container_id: str) -> Path: ...
 
+    def resize_terminal(self, container_id: str, width: int, height: int) -> None: ...
+
 
 @dataclass(frozen=True)
 class _Metadata:
@@ -221,6 +223,17 @@ class ConmonRuntime:
     def attach_socket_path(self, container_id: str) -> Path:
         """conmon's attach socket, through its short symlink in the socket dir."""
         return self.attach_root / container_id / "attach"
+
+    def resize_terminal(self, container_id: str, width: int, height: int) -> None:
+        """Resize the container's terminal (conmon's control FIFO); it gets SIGWINCH."""
+        metadata = self._metadata(container_id)
+        if metadata is None:
+            raise RuntimeContainerNotFound(container_id)
+        paths = self._paths(container_id, metadata.bundle, metadata.log_path)
+        try:
+            conmon.send_control(paths.ctl_fifo, conmon.CTL_WINDOW_RESIZE, height, width)
+        except OSError as exc:
+            raise RuntimeContainerNotRunning(container_id, "resize the terminal of") from exc
 
     # ---- create
 
