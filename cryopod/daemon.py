@@ -186,6 +186,7 @@ def network_settings(config: Config) -> CNISettings:
         # The namespace pinner brings lo up in-process: no loopback plugin exec per pod.
         loopback=False,
         plugin_timeout=net.plugin_timeout,
+        pod_cidr_file=Path(config.root) / "cni" / "pod-cidr",
         embedded=EmbeddedNetwork(
             bridge=net.default_bridge,
             subnets=tuple(net.default_subnets),

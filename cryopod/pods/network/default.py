@@ -53,6 +53,9 @@ class EmbeddedNetwork:
             "isGateway": True,
             "ipMasq": True,
             "hairpinMode": True,
+            # A new PodCIDR moves the gateway: without this the plugin refuses the bridge's
+            # old address ("already has an IP address different from ...").
+            "forceAddress": True,
             "ipam": ipam,
         }
         if self.mtu:

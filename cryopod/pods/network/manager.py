@@ -25,9 +25,11 @@ from cryopod.errors import (
     CNIPluginFailed,
     CNIPluginTimeout,
     CryopodError,
+    InvalidArgument,
     NetworkNotReady,
 )
 from cryopod.ids import check_safe_id
+from cryopod.pods.files import write_atomic
 from cryopod.pods.network.cache import AttachmentKey, CachedAttachment, ResultCache
 from cryopod.pods.network.config import (
     NetworkConfigList,
@@ -78,6 +80,9 @@ class CNISettings:
     embedded: EmbeddedNetwork = field(default_factory=EmbeddedNetwork)
     watch: bool = True
     """Reload when the config or plugin directories change."""
+    pod_cidr_file: Path | None = None
+    """Where the node's PodCIDR is kept across restarts (the kubelet sends it only when it
+    changes, not again because the runtime restarted); None keeps it in memory only."""
 
 
 @dataclass(frozen=True)
@@ -158,6 +163,7 @@ class CNIManager:
     async def start(self) -> NetworkStatus:
         """Load the configuration and start watching for changes."""
         await asyncio.to_thread(self.cache.remove_stale_temp_files)
+        self._pod_cidrs = await asyncio.to_thread(self._read_pod_cidrs)
         status = await self.reload()
         if self.settings.watch and self._watcher is None:
             dirs = [*self.settings.config_dirs, *self.settings.plugin_dirs]
@@ -189,8 +195,30 @@ class CNIManager:
         if not cidrs or cidrs == self._pod_cidrs:
             return
         log.info("pod CIDR is now %s", ", ".join(cidrs))
+        await asyncio.to_thread(self._write_pod_cidrs, cidrs)
         self._pod_cidrs = cidrs
         await self.reload()
+
+    def _read_pod_cidrs(self) -> tuple[str, ...]:
+        path = self.settings.pod_cidr_file
+        if path is None:
+            return ()
+        try:
+            cidrs = parse_pod_cidrs(path.read_text())
+        except FileNotFoundError:
+            return ()
+        except (OSError, UnicodeDecodeError, InvalidArgument) as exc:
+            log.warning("ignoring the pod CIDR recorded in %s: %s", path, exc)
+            return ()
+        if cidrs:
+            log.info("pod CIDR is %s, as recorded before the restart", ", ".join(cidrs))
+        return cidrs
+
+    def _write_pod_cidrs(self, cidrs: tuple[str, ...]) -> None:
+        path = self.settings.pod_cidr_file
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, ",".join(cidrs) + "\n")
 
     async def reload(self) -> NetworkStatus:
         """Read the config directories again and decide which network pods join."""
@@ -219,7 +247,7 @@ class CNIManager:
             try:
                 return await self._activate(network, skipped)
             except NetworkNotReady as exc:
-                problems.append(exc.reason)
+                problems.append(f"{network.source}: {exc.reason}")
         if not candidates and self.settings.default_network:
             problems.append(f"network {self.settings.default_network!r} not found in {dirs}")
         elif not candidates:
