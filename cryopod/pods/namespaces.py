@@ -365,6 +365,8 @@ class PidNamespaceHolder:
             async with asyncio.timeout(timeout):
                 await run_command(_daemonized(argv, pid_file))
                 holder = await _wait_for_catatonit(_read_pid(pid_file), catatonit_exe)
+            # Recorded before the launcher's pid file goes: a crash never finds neither.
+            _record_file(state_dir, sandbox_id).write_text(f"{holder.pid} {holder.start_time}\n")
         except BaseException as exc:
             _kill_launcher(pid_file)
             if isinstance(exc, CryopodError | asyncio.CancelledError):
@@ -376,7 +378,6 @@ class PidNamespaceHolder:
             raise Internal(f"starting the PID namespace of sandbox {sandbox_id}: {reason}") from exc
         finally:
             pid_file.unlink(missing_ok=True)
-        _record_file(state_dir, sandbox_id).write_text(f"{holder.pid} {holder.start_time}\n")
         log.debug("sandbox %s: catatonit pid %d holds its PID namespace", sandbox_id, holder.pid)
         return holder
 
