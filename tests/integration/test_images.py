@@ -236,7 +236,11 @@ def test_errors_carry_the_right_codes(daemon: Daemon, test_images: PushedImages)
     assert not daemon.status("docker.io/library/absent:1").HasField("image")
     assert code_of(daemon.status, "Bad Name") == grpc.StatusCode.INVALID_ARGUMENT
     assert (
-        code_of(daemon.runtime.ExecSync, cri.ExecSyncRequest(container_id="x"), timeout=5)
+        code_of(
+            daemon.runtime.CheckpointContainer,
+            cri.CheckpointContainerRequest(container_id="x"),
+            timeout=5,
+        )
         == grpc.StatusCode.UNIMPLEMENTED
     )
 
