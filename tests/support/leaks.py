@@ -253,16 +253,20 @@ class LeakChecker:
         return bool(tags) and not (tags & self._own_tags)
 
     def _foreign_process(self, proc: Process) -> bool:
+        """Not ours unless it carries our marker, or (a container process, which carries
+        none) its command line, root, cwd or cgroup names this session's paths or tag."""
         marker = _process_env_marker(proc.pid)
         if marker is not None:
             return marker != self.marker
-        # A container process carries no marker: its root, cwd and cgroup tell whose it is.
         places = [proc.cmdline, _read_text(f"/proc/{proc.pid}/cgroup") or ""]
         for link in ("root", "cwd"):
             with contextlib.suppress(OSError):
                 places.append(os.readlink(f"/proc/{proc.pid}/{link}"))
         text = " ".join(places)
-        return self._foreign_text(text) or self._foreign_cgroup_tag(text)
+        ours = any(p in text for p in self.own_paths) or self.marker[:8] in set(
+            _SESSION_CGROUP.findall(text)
+        )
+        return not ours
 
     def _foreign_cgroup_tag(self, text: str) -> bool:
         """Does `text` name a cgroup of another session (and none of ours)?"""
