@@ -65,10 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(config)
     config.set_defaults(func=_cmd_config)
 
-    from cryopod.cli import images, runtime
+    from cryopod.cli import images, runtime, streams
 
     images.register(commands)
     runtime.register(commands)
+    streams.register(commands)
     return parser
 
 

@@ -42,6 +42,8 @@ _DRAIN_SECONDS = 2.0
 _CLONE_NEWNET = 0x40000000
 # Clients send the terminal's size as soon as the session is up: start the process with it.
 _INITIAL_SIZE_WAIT = 0.25
+# After the pod side of a forwarded connection closed, how long the client may still send.
+_UPSTREAM_GRACE_SECONDS = 1.0
 
 
 class ContainerStreams:
@@ -135,7 +137,10 @@ class ContainerStreams:
             while data := await reader.read(_CHUNK):
                 await outbound.write(data)
             await outbound.close()
-            await upstream
+            # The pod closed: give the client a moment to finish sending (as containerd does),
+            # but do not wait for it to close first: a WebSocket client cannot half-close and
+            # learns of the end only when the session ends.
+            await asyncio.wait({upstream}, timeout=_UPSTREAM_GRACE_SECONDS)
         finally:
             upstream.cancel()
             with contextlib.suppress(asyncio.CancelledError, OSError):
