@@ -24,7 +24,7 @@ from typing import TypeGuard
 
 from cryopod.errors import Internal, InvalidArgument
 from cryopod.ids import check_safe_id
-from cryopod.mounts import MS_NODEV, MS_NOEXEC, MS_NOSUID, mounted_at, sys_mount, sys_umount_all
+from cryopod.mounts import MS_NODEV, MS_NOEXEC, MS_NOSUID, sys_mount, sys_umount_all
 from cryopod.pods.model import DNSConfig
 from cryopod.pods.namespaces import validate_hostname
 
@@ -207,7 +207,7 @@ class PodFiles:
         if size <= 0:
             raise InvalidArgument(f"invalid shm size {size} for sandbox {sandbox_id}")
         path = self.shm_path(sandbox_id)
-        if mounted_at(path) is not None:
+        if os.path.ismount(path):  # tmpfs: its own device, two stats instead of mountinfo
             return path
         path.mkdir(mode=0o755, parents=True, exist_ok=True)
         flags = MS_NOSUID | MS_NODEV | MS_NOEXEC

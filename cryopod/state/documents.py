@@ -37,6 +37,9 @@ class DocumentTable(Generic[T]):
         self._cls = cls
         self._columns = columns
         self._being_created: set[str] = set()
+        # Decoded objects by id. The daemon is the only writer and the objects are frozen,
+        # so a listing (every second, from the kubelet) decodes only what changed.
+        self._decoded: dict[str, T] = {}
 
     def add(self, item: T) -> None:
         """Insert a new object; raises AlreadyExists when its name is taken."""
@@ -52,6 +55,7 @@ class DocumentTable(Generic[T]):
             if holder is None:
                 raise
             raise self._name_taken(row["name"], holder) from exc
+        self._decoded[row["id"]] = item
 
     def update(self, item: T) -> None:
         row = {**self._columns(item), "document": codec.dumps(item)}
@@ -60,6 +64,7 @@ class DocumentTable(Generic[T]):
         self._db.execute(
             f"UPDATE {self._table} SET {assignments} WHERE id = ?", [*values, row["id"]]
         )
+        self._decoded[row["id"]] = item
 
     @contextlib.contextmanager
     def reserving(self, name: str) -> Iterator[None]:
@@ -94,8 +99,18 @@ class DocumentTable(Generic[T]):
         return item
 
     def get(self, item_id: str) -> T | None:
-        row = self._db.query_one(f"SELECT document FROM {self._table} WHERE id = ?", (item_id,))
-        return codec.loads(self._cls, row["document"]) if row else None
+        cached = self._decoded.get(item_id)
+        if cached is not None:
+            return cached
+        row = self._db.query_one(f"SELECT id, document FROM {self._table} WHERE id = ?", (item_id,))
+        return self._decode(row) if row else None
+
+    def _decode(self, row: sqlite3.Row) -> T:
+        item_id = str(row["id"])
+        item = self._decoded.get(item_id)
+        if item is None:
+            item = self._decoded[item_id] = codec.loads(self._cls, row["document"])
+        return item
 
     def ids_with_prefix(self, prefix: str) -> list[str]:
         rows = self._db.query(
@@ -107,9 +122,10 @@ class DocumentTable(Generic[T]):
         """Objects matching an SQL condition on the lookup columns, oldest first."""
         condition = f" WHERE {where}" if where else ""
         rows = self._db.query(
-            f"SELECT document FROM {self._table}{condition} ORDER BY created_ns", params
+            f"SELECT id, document FROM {self._table}{condition} ORDER BY created_ns", params
         )
-        return [codec.loads(self._cls, r["document"]) for r in rows]
+        return [self._decode(r) for r in rows]
 
     def delete(self, item_id: str) -> None:
         self._db.execute(f"DELETE FROM {self._table} WHERE id = ?", (item_id,))
+        self._decoded.pop(item_id, None)

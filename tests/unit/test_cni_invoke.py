@@ -24,6 +24,8 @@ from cryopod.pods.network.invoke import (
 
 TARGET = Target("c" * 64, "/run/netns/pod", "eth0", "IgnoreUnknown=1;K8S_POD_NAME=p")
 PLUGINS = ("bridge", "portmap", "bandwidth")
+# A pod with a hostPort: portmap has work to do (without one it is left out).
+MAPPED = {"portMappings": [{"hostPort": 80, "containerPort": 80, "protocol": "tcp"}]}
 
 
 @dataclass
@@ -192,7 +194,7 @@ async def test_add_stops_at_the_first_failure_with_the_plugins_error(plugin_dir:
 
     fake = FakeExec(fail_portmap)
     with pytest.raises(CNIPluginFailed) as info:
-        await invoker(plugin_dir, fake).add(network(), TARGET, {})
+        await invoker(plugin_dir, fake).add(network(), TARGET, MAPPED)
     assert fake.commands() == [("ADD", "bridge"), ("ADD", "portmap")]
     error = info.value
     assert (error.plugin, error.command, error.network) == ("portmap", "ADD", "podnet")
@@ -212,7 +214,7 @@ async def test_a_missing_plugin_is_not_ready(plugin_dir: Path) -> None:
     (plugin_dir / "portmap").unlink()
     fake = FakeExec()
     with pytest.raises(NetworkNotReady, match="'portmap' not found in"):
-        await invoker(plugin_dir, fake).add(network(), TARGET, {})
+        await invoker(plugin_dir, fake).add(network(), TARGET, MAPPED)
 
 
 async def test_a_timeout_is_typed(plugin_dir: Path) -> None:
@@ -249,14 +251,14 @@ async def test_del_goes_on_after_a_failure_and_raises_it_at_the_end(plugin_dir: 
 
     fake = FakeExec(fail_portmap)
     with pytest.raises(CNIPluginFailed, match="io"):
-        await invoker(plugin_dir, fake).delete(network(), TARGET, {}, None)
+        await invoker(plugin_dir, fake).delete(network(), TARGET, MAPPED, None)
     assert fake.commands() == [("DEL", "bandwidth"), ("DEL", "portmap"), ("DEL", "bridge")]
 
 
 async def test_check_runs_in_order_with_prev_result(plugin_dir: Path) -> None:
     fake = FakeExec()
     prev = json.loads(result_of("cached").stdout)
-    assert await invoker(plugin_dir, fake).check(network(), TARGET, {}, prev)
+    assert await invoker(plugin_dir, fake).check(network(), TARGET, MAPPED, prev)
     assert fake.commands() == [("CHECK", "bridge"), ("CHECK", "portmap"), ("CHECK", "bandwidth")]
     assert all(c.conf["prevResult"] == prev for c in fake.calls)
 
@@ -323,3 +325,22 @@ async def test_versions_are_asked_once_per_binary(plugin_dir: Path) -> None:
 async def test_a_plugin_that_does_not_answer_version_is_unknown(plugin_dir: Path) -> None:
     fake = FakeExec(lambda call: PluginOutput(1, b"", b"unknown command"))
     assert await invoker(plugin_dir, fake).versions("bridge") is None
+
+
+async def test_portmap_is_left_out_for_a_pod_without_host_ports(plugin_dir: Path) -> None:
+    fake = FakeExec()
+    inv = invoker(plugin_dir, fake)
+    await inv.add(network(), TARGET, {})
+    prev = json.loads(result_of("cached").stdout)
+    await inv.check(network(), TARGET, {}, prev)
+    await inv.delete(network(), TARGET, {}, prev)
+    assert fake.commands() == [
+        ("ADD", "bridge"),
+        ("ADD", "bandwidth"),
+        ("CHECK", "bridge"),
+        ("CHECK", "bandwidth"),
+        ("DEL", "bandwidth"),
+        ("DEL", "bridge"),
+    ]
+    # bandwidth chains onto bridge's result directly.
+    assert fake.calls[1].conf["prevResult"]["dns"]["nameservers"] == ["bridge"]

@@ -149,6 +149,10 @@ def conflist(name: str, *plugins: str, version: str = "1.0.0", **extra: Any) -> 
     }
 
 
+# A hostPort gives portmap work to do (without one it is left out of the chain).
+HOST_PORT = (PortMapping(container_port=80, host_port=8080),)
+
+
 def pod(sandbox_id: str = SANDBOX_A, **overrides: Any) -> PodNetworkRequest:
     fields: dict[str, Any] = {
         "sandbox_id": sandbox_id,
@@ -318,7 +322,7 @@ async def test_a_failed_add_is_undone_and_leaves_no_cache_entry(env: Env) -> Non
     cni = CNIManager(env.settings(watch=False), runner=env.fake)
     await cni.start()
     with pytest.raises(CNIPluginFailed, match="no iptables"):
-        await cni.attach(pod())
+        await cni.attach(pod(port_mappings=HOST_PORT))
     assert env.fake.commands()[-2:] == [("DEL", "portmap"), ("DEL", "bridge")]
     assert await cni.attachments() == []
 
@@ -333,7 +337,7 @@ async def test_a_failed_add_whose_del_fails_stays_cached_for_recovery(env: Env) 
     cni = CNIManager(env.settings(watch=False), runner=env.fake)
     await cni.start()
     with pytest.raises(CNIPluginFailed, match="ADD"):
-        await cni.attach(pod())
+        await cni.attach(pod(port_mappings=HOST_PORT))
     (entry,) = await cni.attachments()
     assert not entry.complete
     env.fake.handler = succeed
@@ -396,7 +400,7 @@ async def test_detach_uses_the_cached_config_and_is_idempotent(
 async def test_detach_after_a_restart_with_the_netns_gone(env: Env) -> None:
     first = CNIManager(env.settings(watch=False), runner=env.fake)
     await first.start()
-    await first.attach(pod(netns="/run/netns/gone"))
+    await first.attach(pod(netns="/run/netns/gone", port_mappings=HOST_PORT))
     env.fake.calls.clear()
     second = CNIManager(env.settings(watch=False, loopback=False), runner=env.fake)
     await second.start()
@@ -420,7 +424,7 @@ async def test_a_failed_del_keeps_the_entry_and_raises(env: Env, manager: CNIMan
 async def test_a_damaged_entry_is_deleted_with_the_current_config(
     env: Env, manager: CNIManager
 ) -> None:
-    await manager.attach(pod())
+    await manager.attach(pod(port_mappings=HOST_PORT))
     manager.cache.path("cryopod", SANDBOX_A, "eth0").write_text("{garbage")
     env.fake.calls.clear()
     await manager.detach(SANDBOX_A)
@@ -433,7 +437,7 @@ async def test_check_runs_for_complete_entries_with_a_live_netns(
     env: Env, manager: CNIManager
 ) -> None:
     assert not await manager.check(SANDBOX_A)  # nothing cached
-    await manager.attach(pod())
+    await manager.attach(pod(port_mappings=HOST_PORT))
     env.fake.calls.clear()
     assert await manager.check(SANDBOX_A)
     assert env.fake.commands() == [("CHECK", "bridge"), ("CHECK", "portmap")]

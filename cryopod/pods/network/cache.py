@@ -30,7 +30,6 @@ from cryopod.pods.network.config import JSONObject, NetworkConfigList, parse_net
 from cryopod.pods.network.invoke import Target
 from cryopod.pods.network.request import check_ifname
 from cryopod.pods.network.result import CNIResult, parse_result
-from cryopod.storage.blobs import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +136,12 @@ class ResultCache:
         return self.directory / f"{network}{_SEPARATOR}{sandbox_id}{_SEPARATOR}{ifname}{_SUFFIX}"
 
     def save(self, attachment: CachedAttachment) -> None:
-        """Write (or replace) the entry atomically and durably.
+        """Write (or replace) the entry atomically.
+
+        Not fsynced, like libcni's cache: a daemon crash never sees a torn file (rename),
+        and what a power loss could lose describes a netns that died with the host anyway.
+        It is on every pod's start path: two fsyncs per ADD cost more than the ADD's own
+        bookkeeping.
 
         Raises ResourceExhausted when the disk is full, Internal for other I/O errors.
         """
@@ -147,10 +151,7 @@ class ResultCache:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             with temp.open("x") as f:
                 json.dump(attachment.to_json(), f)
-                f.flush()
-                os.fsync(f.fileno())
             os.replace(temp, path)
-            fsync_dir(self.directory)
         except OSError as exc:
             _discard(temp)
             if exc.errno == errno.ENOSPC:

@@ -118,6 +118,23 @@ def plugin_stdin(
     return conf
 
 
+def _plugins_with_work(
+    plugins: Sequence[PluginConfig], capability_args: Mapping[str, Any]
+) -> list[PluginConfig]:
+    """The plugins that have something to do for this pod.
+
+    `portmap` takes its mappings only from runtimeConfig: for a pod without hostPorts its
+    ADD passes the previous result through untouched and its DEL and CHECK have nothing to
+    look at. Leaving it out spares an exec per pod operation; the outcome is the same.
+    (Debian's portmap also fails CHECK for every IPv4-only pod while ip6tables works.)
+    """
+    return [
+        plugin
+        for plugin in plugins
+        if plugin.type != "portmap" or capability_args.get("portMappings")
+    ]
+
+
 def parse_plugin_error(output: PluginOutput) -> tuple[int | None, str, str]:
     """(code, msg, details) of a failed plugin: its JSON error, else its last words."""
     for stream in (output.stdout, output.stderr):
@@ -171,7 +188,7 @@ class PluginInvoker:
     ) -> JSONObject:
         """ADD every plugin in order, chaining results; the last plugin's result."""
         result: JSONObject | None = None
-        for plugin in network.plugins:
+        for plugin in _plugins_with_work(network.plugins, capability_args):
             conf = plugin_stdin(
                 network,
                 plugin,
@@ -189,15 +206,22 @@ class PluginInvoker:
         target: Target,
         capability_args: Mapping[str, Any],
         prev_result: Mapping[str, Any] | None,
+        *,
+        every_plugin: bool = False,
     ) -> None:
         """DEL every plugin in reverse order; each runs even when one before it failed.
 
         The first failure is raised after all ran; DEL is idempotent, so a retry is safe.
+        `every_plugin` includes those that had nothing to do at ADD (when it is unknown
+        what ADD did).
         """
         if not has_check(network.cni_version):
             prev_result = None  # prevResult on DEL arrived with 0.4.0
         failure: BaseException | None = None
-        for plugin in reversed(network.plugins):
+        plugins = list(network.plugins)
+        if not every_plugin:
+            plugins = _plugins_with_work(plugins, capability_args)
+        for plugin in reversed(plugins):
             conf = plugin_stdin(
                 network,
                 plugin,
@@ -222,7 +246,7 @@ class PluginInvoker:
         """CHECK every plugin in order; False when the network cannot be checked."""
         if not has_check(network.cni_version) or network.disable_check:
             return False
-        for plugin in network.plugins:
+        for plugin in _plugins_with_work(network.plugins, capability_args):
             conf = plugin_stdin(
                 network,
                 plugin,

@@ -419,8 +419,14 @@ class CNIManager:
         return CachedAttachment(network, sandbox_id, ifname, netns="")
 
     async def _delete(self, record: CachedAttachment, netns: str) -> None:
+        # Without a result (an unfinished ADD, a damaged entry) nobody knows which plugins
+        # did something: all of them get a DEL.
         await self._invoker.delete(
-            record.network, record.target(netns), record.capability_args, record.result
+            record.network,
+            record.target(netns),
+            record.capability_args,
+            record.result,
+            every_plugin=record.result is None,
         )
         await asyncio.to_thread(self.cache.delete, *record.key)
         log.info("sandbox %s left network %r", record.sandbox_id, record.network.name)
