@@ -182,6 +182,15 @@ class ContainerConfig:
 
 
 @dataclass(frozen=True)
+class ProcessUser:
+    """The uid, gid and supplemental groups a container's process runs with."""
+
+    uid: int
+    gid: int
+    supplemental_groups: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
 class Container:
     """A container as the runtime knows it: its config plus its lifecycle so far."""
 
@@ -201,6 +210,8 @@ class Container:
     pid: int | None = None
     log_path: str = ""
     """Absolute: the pod's log_directory joined with the config's log_path."""
+    user: ProcessUser | None = None
+    """Who the container's process runs as, resolved at create (ContainerStatus.user)."""
 
     @property
     def name(self) -> str:

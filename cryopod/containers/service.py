@@ -22,7 +22,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from cryopod.containers.model import Container, ContainerConfig, ContainerState, ImageRuntimeConfig
+from cryopod.containers.model import (
+    Container,
+    ContainerConfig,
+    ContainerState,
+    ImageRuntimeConfig,
+    ProcessUser,
+)
 from cryopod.containers.oci.exec import (
     ExecOutput,
     ExecProcess,
@@ -163,8 +169,8 @@ class ContainerService:
         name = container_unique_name(container)
         with self._store.reserving(name):
             async with contextlib.AsyncExitStack() as undo:
-                pid = await self._set_up(container, sandbox, image.layers, image.config, undo)
-                container = replace(container, pid=pid)
+                pid, user = await self._set_up(container, sandbox, image.layers, image.config, undo)
+                container = replace(container, pid=pid, user=user)
                 self._store.add(container)
                 undo.pop_all()
         log.info("container %s (%s) created in pod %s", container.id, name, sandbox.id)
@@ -187,19 +193,21 @@ class ContainerService:
         layers: list[str],
         image_config: Mapping[str, Any],
         undo: contextlib.AsyncExitStack,
-    ) -> int:
+    ) -> tuple[int, ProcessUser]:
+        """Mount, write the bundle, `runc create`: the init pid and who it runs as."""
         undo.push_async_callback(self._rootfs.remove, container.id)
         rootfs = await self._rootfs.mount(container.id, layers)
         bundle = self._bundle_root / container.id
         undo.callback(shutil.rmtree, bundle, True)
         image = ImageRuntimeConfig.from_image_config(image_config)
+        user = resolve_container_user(rootfs, container.config.security_context, image.user)
         spec = build_container_spec(
             container_id=container.id,
             config=container.config,
             sandbox=sandbox,
             image=image,
             rootfs=str(rootfs),
-            user=resolve_container_user(rootfs, container.config.security_context, image.user),
+            user=user,
             host=self._spec.host,
             options=self._spec.options,
             pod_files=self._pods.spec_files(sandbox),
@@ -210,7 +218,7 @@ class ContainerService:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         runtime = self._runtimes[sandbox.runtime_handler]
         undo.push_async_callback(runtime.delete, container.id)
-        return await runtime.create(
+        pid = await runtime.create(
             container.id,
             bundle,
             name=container_unique_name(container),
@@ -219,6 +227,7 @@ class ContainerService:
             stdin_once=container.config.stdin_once,
             tty=container.config.tty,
         )
+        return pid, ProcessUser(user.uid, user.gid, user.additional_gids)
 
     # --- exec -------------------------------------------------------------------------------
 

@@ -601,6 +601,14 @@ def container_status_to_cri(
     )
     if resources is not None:
         status.resources.linux.CopyFrom(resources_to_cri(resources))
+    if container.user is not None:
+        status.user.linux.CopyFrom(
+            cri.LinuxContainerUser(
+                uid=container.user.uid,
+                gid=container.user.gid,
+                supplemental_groups=list(container.user.supplemental_groups),
+            )
+        )
     return status
 
 

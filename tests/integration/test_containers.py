@@ -379,7 +379,7 @@ def test_user_and_groups_resolved_through_the_image_files(
 
         # A uid with run_as_group and supplemental groups: the group replaces the primary one,
         # and the user's /etc/group memberships (staff) join the requested groups.
-        _, out = run_to_exit(
+        by_uid, out = run_to_exit(
             daemon,
             pod_id,
             pod,
@@ -397,6 +397,10 @@ def test_user_and_groups_resolved_through_the_image_files(
         uid, gid, groups = parse_id(out)
         assert (uid, gid) == (1000, 4000), out
         assert status_groups(out) == {4000, 50, 4242, 4343} == groups, out
+        # ContainerStatus.user says the same as the process.
+        reported = by_uid.user.linux
+        assert (reported.uid, reported.gid) == (1000, 4000)
+        assert set(reported.supplemental_groups) == groups
 
         # A uid /etc/passwd does not know: gid 0, HOME=/.
         _, out = run_to_exit(
