@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -157,3 +158,9 @@ async def spawn(
 async def kill_and_reap(proc: asyncio.subprocess.Process) -> None:
     """SIGKILL a spawned process if it still runs, and reap it."""
     await _kill_and_reap(proc)
+
+
+def kill_quietly(pid: int) -> None:
+    """SIGKILL `pid`; a process that is gone already is fine."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)

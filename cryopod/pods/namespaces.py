@@ -41,6 +41,7 @@ from cryopod.errors import (
     InvalidArgument,
     ResourceExhausted,
 )
+from cryopod.fds import wait_readable
 from cryopod.ids import check_safe_id
 from cryopod.mounts import (
     MS_BIND,
@@ -52,7 +53,7 @@ from cryopod.mounts import (
     sys_mount,
     sys_umount_all,
 )
-from cryopod.procs import run_command, which
+from cryopod.procs import kill_quietly, run_command, which
 from cryopod.threads import run_in_own_thread
 
 log = logging.getLogger(__name__)
@@ -393,7 +394,7 @@ class PidNamespaceHolder:
             launcher = _read_pid(launcher_file)
             stat = _read_stat(launcher)
             if stat is not None and stat[0] in _LAUNCHER_NAMES:
-                _kill_quietly(launcher)
+                kill_quietly(launcher)
         launcher_file.unlink(missing_ok=True)
         record = _record_file(state_dir, sandbox_id)
         try:
@@ -437,7 +438,7 @@ class PidNamespaceHolder:
             signal.pidfd_send_signal(pidfds[0], signal.SIGKILL)
             async with asyncio.timeout(timeout):
                 for fd in pidfds:
-                    await _exited(fd)
+                    await wait_readable(fd)
         except ProcessLookupError:
             pass
         except TimeoutError as exc:
@@ -501,7 +502,7 @@ def _read_pid(pid_file: Path) -> int:
 def _kill_launcher(pid_file: Path) -> None:
     """Kill what start-stop-daemon launched, if it got that far; its child dies with it."""
     with contextlib.suppress(OSError, ValueError):
-        _kill_quietly(_read_pid(pid_file))
+        kill_quietly(_read_pid(pid_file))
 
 
 async def _wait_for_catatonit(launcher: int, catatonit: str) -> PidNamespaceHolder:
@@ -574,27 +575,6 @@ def _open_if_same(pid: int, start_time: int) -> list[int]:
         with contextlib.suppress(ProcessLookupError):
             fds.append(os.pidfd_open(stat[3]))
     return fds
-
-
-async def _exited(pidfd: int) -> None:
-    """Wait until the process behind `pidfd` has exited (the pidfd turns readable)."""
-    loop = asyncio.get_running_loop()
-    exited: asyncio.Future[None] = loop.create_future()
-
-    def readable() -> None:
-        if not exited.done():
-            exited.set_result(None)
-
-    loop.add_reader(pidfd, readable)
-    try:
-        await exited
-    finally:
-        loop.remove_reader(pidfd)
-
-
-def _kill_quietly(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
 
 
 __all__ = [

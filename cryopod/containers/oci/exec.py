@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from cryopod.errors import FailedPrecondition
+from cryopod.fds import wait_readable, wait_writable
 from cryopod.procs import kill_and_reap, spawn, which
 
 log = logging.getLogger(__name__)
@@ -244,7 +245,7 @@ async def _read_fd(fd: int) -> bytes:
         try:
             return os.read(fd, _READ_CHUNK)
         except BlockingIOError:
-            await _ready(fd, writing=False)
+            await wait_readable(fd)
         except OSError:  # EIO: the last holder of the terminal's other side is gone
             return b""
 
@@ -255,29 +256,7 @@ async def _write_fd(fd: int, data: bytes) -> None:
         try:
             view = view[os.write(fd, view) :]
         except BlockingIOError:
-            await _ready(fd, writing=True)
-
-
-async def _ready(fd: int, *, writing: bool) -> None:
-    """Wait until `fd` is readable (or writable)."""
-    loop = asyncio.get_running_loop()
-    ready: asyncio.Future[None] = loop.create_future()
-
-    def wake() -> None:
-        if not ready.done():
-            ready.set_result(None)
-
-    if writing:
-        loop.add_writer(fd, wake)
-    else:
-        loop.add_reader(fd, wake)
-    try:
-        await ready
-    finally:
-        if writing:
-            loop.remove_writer(fd)
-        else:
-            loop.remove_reader(fd)
+            await wait_writable(fd)
 
 
 __all__ = ["ExecOutput", "ExecProcess", "exec_process_spec", "run_to_completion"]

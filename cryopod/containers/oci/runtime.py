@@ -39,7 +39,8 @@ from cryopod.errors import (
     RuntimeContainerNotFound,
     RuntimeContainerNotRunning,
 )
-from cryopod.procs import CommandResult, run_command, run_with_fds
+from cryopod.fds import wait_readable
+from cryopod.procs import CommandResult, kill_quietly, run_command, run_with_fds
 
 log = logging.getLogger(__name__)
 
@@ -367,7 +368,7 @@ class ConmonRuntime:
             with monitor:
                 # Its children first: a runtime still busy creating must not finish the job.
                 for pid in _descendants(monitor.pid):
-                    _kill_quietly(pid)
+                    kill_quietly(pid)
                 with contextlib.suppress(ProcessLookupError):
                     monitor.send_signal(signal.SIGKILL)
                 await monitor.wait(_KILL_GRACE)
@@ -690,21 +691,11 @@ class _ProcessWatch:
 
     async def wait(self, timeout: float) -> bool:
         """True once the process has exited, False if it still runs after `timeout` seconds."""
-        loop = asyncio.get_running_loop()
-        exited = loop.create_future()
-
-        def on_readable() -> None:
-            if not exited.done():
-                exited.set_result(None)
-
-        loop.add_reader(self._fd, on_readable)
         try:
             async with asyncio.timeout(timeout):
-                await exited
+                await wait_readable(self._fd)
         except TimeoutError:
             return False
-        finally:
-            loop.remove_reader(self._fd)
         return True
 
 
@@ -742,11 +733,6 @@ def _descendants(pid: int) -> list[int]:
         found.append(child)
         queue += children.get(child, [])
     return found
-
-
-def _kill_quietly(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
 
 
 def _parent_pid(pid: int) -> int:
