@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import signal
@@ -21,7 +22,7 @@ import grpc
 from cri_api.v1 import api_pb2_grpc as cri_grpc
 
 from cryopod.config import Config
-from cryopod.containers.infra import InfraContainers
+from cryopod.containers.infra import InfraContainers, describe_sandbox
 from cryopod.containers.oci.exits import ExitWatcher
 from cryopod.containers.oci.runtime import ConmonRuntime, OCIRuntime, RuntimeHandler
 from cryopod.containers.oci.spec import CgroupDriver, SpecOptions, probe_host_facts
@@ -153,6 +154,7 @@ def build_runtime(config: Config) -> Runtime:
         default_handler=config.runtime.default_handler,
         infra=infra,
         network=network,
+        describe=functools.partial(describe_sandbox, spec=spec),
     )
     containers = ContainerService(
         store=container_store(db),

@@ -112,6 +112,22 @@ class InfraContainers:
         return runtime.is_monitored(sandbox.id) and runtime.read_exit(sandbox.id) is None
 
 
+def describe_sandbox(sandbox: Sandbox, files: PodFiles, *, spec: SpecSettings) -> dict[str, Any]:
+    """The OCI spec an infra container of this pod would run with (no image, no rootfs).
+
+    For the verbose PodSandboxStatus of pods without one: it shows the namespaces the pod's
+    containers join, its cgroup path, sysctls and mounts, as CRI-O's does.
+    """
+    return build_sandbox_spec(
+        sandbox=sandbox,
+        image=ImageRuntimeConfig(entrypoint=("/pause",)),  # what a pause image runs
+        rootfs="",
+        host=spec.host,
+        options=spec.options,
+        pod_files=files,
+    )
+
+
 def _start_time(pid: int) -> int:
     """Field 22 of /proc/<pid>/stat (0 when the process is already gone)."""
     try:

@@ -74,6 +74,7 @@ class PodService:
         default_handler: str,
         infra: InfraRunner | None = None,
         network: CNIManager | None = None,
+        describe: Callable[[Sandbox, SpecPodFiles], dict[str, Any]] | None = None,
     ) -> None:
         self._store = store
         self._pinner = pinner
@@ -83,6 +84,7 @@ class PodService:
         self._default_handler = default_handler
         self._infra = infra
         self._network = network
+        self._describe = describe
         self._checks: asyncio.Task[None] | None = None
 
     # --- queries --------------------------------------------------------------------------
@@ -108,10 +110,12 @@ class PodService:
         return sorted(self._handlers, key=lambda name: (name != self._default_handler, name))
 
     def runtime_spec(self, sandbox: Sandbox) -> dict[str, Any] | None:
-        """The infra container's OCI spec; None for pods without one."""
-        if not sandbox.infra_container or self._infra is None:
+        """The infra container's OCI spec; for pods without one, the spec it would have."""
+        if sandbox.infra_container and self._infra is not None:
+            return self._infra.runtime_spec(sandbox)
+        if self._describe is None:
             return None
-        return self._infra.runtime_spec(sandbox)
+        return self._describe(sandbox, self.spec_files(sandbox))
 
     def spec_files(self, sandbox: Sandbox) -> SpecPodFiles:
         """The pod's /etc files and /dev/shm, as its containers' specs mount them."""

@@ -91,6 +91,16 @@ def test_pod_and_container_lifecycle(
     assert info["pid"] > 0 and info["sandboxID"] == pod_id
     handlers = daemon.runtime.Status(cri.StatusRequest(), timeout=5).runtime_handlers
     assert [h.name for h in handlers][:2] == ["", "runc"]
+    pod_info = json.loads(
+        daemon.runtime.PodSandboxStatus(
+            cri.PodSandboxStatusRequest(pod_sandbox_id=pod_id, verbose=True), timeout=5
+        ).info["info"]
+    )
+    assert pod_info["config"]["metadata"]["name"] == "web"
+    # No infra container runs; the spec says which namespaces the pod's containers join.
+    namespaces = {n["type"]: n.get("path") for n in pod_info["runtimeSpec"]["linux"]["namespaces"]}
+    assert namespaces["network"] == pod_info["namespaces"]["network"]
+    assert namespaces["network"].startswith(str(daemon.runroot))
     assert created.image_ref and created.image.image
 
     daemon.runtime.StartContainer(cri.StartContainerRequest(container_id=ctr_id), timeout=30)

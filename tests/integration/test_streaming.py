@@ -190,3 +190,54 @@ async def test_streaming_errors(sleeper: tuple[Daemon, str], http: aiohttp.Clien
     await ws_session(http, url, ["v4.channel.k8s.io"])
     async with http.get(url) as reused:
         assert reused.status == 404
+
+
+async def test_attach_to_a_terminal_follows_resizes(
+    pod: tuple[Daemon, str, cri.PodSandboxConfig, str], http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """Resizes reach the container's terminal through conmon's control FIFO."""
+    daemon, pod_id, config, image = pod
+    script = "trap 'echo size: $(stty size)' WINCH; echo ready; while :; do sleep 0.1; done"
+    term = container_config("term", image, script)
+    term.tty = True
+    term.stdin = True
+    ctr = start_container(daemon, pod_id, config, term)
+    wait_for_log(tmp_path / "logs" / "term" / "0.log", "ready")
+    url = daemon.runtime.Attach(
+        cri.AttachRequest(container_id=ctr, stdin=True, stdout=True, tty=True), timeout=10
+    ).url
+    received = bytearray()
+    async with asyncio.timeout(TIMEOUT):
+        async with http.ws_connect(url, protocols=("v4.channel.k8s.io",)) as ws:
+            await ws.send_bytes(b"\x04" + json.dumps({"Width": 111, "Height": 33}).encode())
+            async for message in ws:
+                channel, data = _ws_decode(message)
+                if channel == 1:
+                    received += data
+                if b"size: 33 111" in received:
+                    break
+    assert b"size: 33 111" in received
+
+
+async def test_twenty_concurrent_execs(
+    sleeper: tuple[Daemon, str], http: aiohttp.ClientSession
+) -> None:
+    daemon, ctr = sleeper
+    urls = [
+        exec_url(daemon, ctr, ["sh", "-c", f"cat; echo {i} >&2; exit {i % 5}"]) for i in range(20)
+    ]
+    outcomes = await asyncio.gather(
+        *(
+            ws_session(
+                http, url, ["v5.channel.k8s.io"], send=[(0, f"in{i}".encode())], close_stdin=True
+            )
+            for i, url in enumerate(urls)
+        )
+    )
+    for i, outcome in enumerate(outcomes):
+        assert (outcome.text(1), outcome.text(2)) == (f"in{i}", f"{i}\n")
+        status = outcome.status()
+        if i % 5:
+            assert status["details"] == {"causes": [{"reason": "ExitCode", "message": str(i % 5)}]}
+        else:
+            assert status["status"] == "Success"
