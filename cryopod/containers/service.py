@@ -41,6 +41,7 @@ from cryopod.containers.oci.spec import (
     SpecOptions,
     build_container_spec,
     container_resources,
+    image_volume_sources,
 )
 from cryopod.containers.store import ContainerStore, container_unique_name
 from cryopod.containers.users import resolve_container_user
@@ -201,6 +202,7 @@ class ContainerService:
         undo.callback(shutil.rmtree, bundle, True)
         image = ImageRuntimeConfig.from_image_config(image_config)
         user = resolve_container_user(rootfs, container.config.security_context, image.user)
+        volume_dir = self._image_volumes(container.id, image)
         spec = build_container_spec(
             container_id=container.id,
             config=container.config,
@@ -212,6 +214,7 @@ class ContainerService:
             options=self._spec.options,
             pod_files=self._pods.spec_files(sandbox),
             image_name=container.config.image.image,
+            volume_dir=str(volume_dir),
         )
         write_bundle(bundle, spec)
         log_path = Path(container.log_path or bundle / "container.log")
@@ -285,6 +288,17 @@ class ContainerService:
     def runtime_spec(self, container: Container) -> dict[str, Any] | None:
         """The OCI spec the container was created with (verbose status)."""
         return read_bundle(self._bundle_root / container.id)
+
+    def _image_volumes(self, container_id: str, image: ImageRuntimeConfig) -> Path:
+        """Empty directories backing the image's declared volumes (CRI-O's `bind` mode).
+
+        They live beside the container's writable layer, on disk (a tmpfs would count what
+        is written against the container's memory), and go with it.
+        """
+        volume_dir = self._rootfs.container_dir(container_id) / "volumes"
+        for source in image_volume_sources(image, str(volume_dir)).values():
+            Path(source).mkdir(parents=True, exist_ok=True)
+        return volume_dir
 
     # --- start, stop, remove -------------------------------------------------------------
 

@@ -596,7 +596,7 @@ def test_readonly_rootfs_refuses_writes_but_mounts_stay_writable(
         assert "/rootfile=ok" in out and "/tmp/f=ok" in out and "/etc/hosts=ok" in out
 
         # An image's declared volume (/data) is writable on a read-only root.
-        _, out = run_to_exit(
+        volume_status, out = run_to_exit(
             daemon,
             pod_id,
             pod,
@@ -610,6 +610,9 @@ def test_readonly_rootfs_refuses_writes_but_mounts_stay_writable(
             ),
         )
         assert "data=ok" in out
+        # It is a directory on disk beside the container's writable layer, not a tmpfs.
+        backing = daemon.root / "containers" / volume_status.id / "volumes" / "data" / "f"
+        assert backing.read_text() == "x\n"
 
 
 # ----------------------------------------------------------------------------- capabilities
