@@ -76,15 +76,21 @@ def oom_kills(cgroup: Path) -> int:
     return 0
 
 
-def move_beside(pid: int, neighbour: int, name: str, root: Path = CGROUP_ROOT) -> list[Path]:
-    """Put `pid` in a new leaf cgroup `name` next to `neighbour`'s cgroup, in every hierarchy.
+def leaves_beside(neighbour: int, name: str, root: Path = CGROUP_ROOT) -> dict[str, Path]:
+    """Where a leaf cgroup `name` next to `neighbour`'s cgroup would be, per hierarchy."""
+    return {
+        controllers: directory.parent / name
+        for controllers, directory in cgroup_dirs_of(neighbour, root).items()
+    }
 
-    Returns the leaves made (for `remove_leaves`). A hierarchy that refuses is skipped with
-    a warning: the process then stays where it was in that hierarchy, which is harmless.
+
+def move_into(pid: int, leaves: dict[str, Path]) -> None:
+    """Make the leaf cgroups (see `leaves_beside`) and put `pid` in them.
+
+    A hierarchy that refuses is skipped with a warning: the process then stays where it was
+    in that hierarchy, which is harmless.
     """
-    leaves: list[Path] = []
-    for controllers, directory in cgroup_dirs_of(neighbour, root).items():
-        leaf = directory.parent / name
+    for controllers, leaf in leaves.items():
         try:
             leaf.mkdir(exist_ok=True)
             if "cpuset" in controllers.split(","):
@@ -94,9 +100,6 @@ def move_beside(pid: int, neighbour: int, name: str, root: Path = CGROUP_ROOT) -
             log.warning("cannot move pid %d to %s: %s", pid, leaf, exc.strerror)
             with contextlib.suppress(OSError):
                 leaf.rmdir()
-            continue
-        leaves.append(leaf)
-    return leaves
 
 
 def _inherit_cpuset(leaf: Path) -> None:

@@ -88,8 +88,9 @@ class RuntimeConfig:
     """Processes per container (0: no limit)."""
     shm_size: int = 64 * 1024 * 1024
     """Bytes of each pod's /dev/shm."""
-    exec_sync_output_limit: int = 16 * 1024 * 1024
-    """Bytes of each of stdout and stderr an ExecSync keeps; the rest is read and dropped."""
+    exec_sync_output_limit: int = 15 * 1024 * 1024
+    """Bytes of stdout and stderr together an ExecSync keeps (at most half each), so the
+    answer fits the kubelet's 16 MiB message limit; the rest is read and dropped."""
     infra_container: bool = False
     """Run an infra container from image.pause_image in every pod (CRI-O's drop_infra_ctr
     = false). Off: the pod's namespaces are pinned with no process, and catatonit holds a

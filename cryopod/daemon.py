@@ -134,16 +134,14 @@ def build_runtime(config: Config) -> Runtime:
         exec_output_limit=config.runtime.exec_sync_output_limit,
     )
     bundle_root = runroot / "containers"
-    infra = None
-    if config.runtime.infra_container:
-        infra = InfraContainers(
-            images=images,
-            rootfs=rootfs,
-            runtimes=runtimes,
-            bundle_root=bundle_root,
-            spec=spec,
-            pause_image=config.image.pause_image,
-        )
+    infra = InfraContainers(
+        images=images,
+        rootfs=rootfs,
+        runtimes=runtimes,
+        bundle_root=bundle_root,
+        spec=spec,
+        pause_image=config.image.pause_image,
+    )
     network = CNIManager(network_settings(config))
     pods = PodService(
         store=sandbox_store(db),
@@ -153,6 +151,7 @@ def build_runtime(config: Config) -> Runtime:
         handlers=set(runtimes),
         default_handler=config.runtime.default_handler,
         infra=infra,
+        run_infra=config.runtime.infra_container,
         network=network,
         describe=functools.partial(describe_sandbox, spec=spec),
     )

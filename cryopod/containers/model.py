@@ -212,6 +212,8 @@ class Container:
     """Absolute: the pod's log_directory joined with the config's log_path."""
     user: ProcessUser | None = None
     """Who the container's process runs as, resolved at create (ContainerStatus.user)."""
+    runtime_handler: str = ""
+    """The handler (OCI runtime) it was created with: its pod's."""
 
     @property
     def name(self) -> str:

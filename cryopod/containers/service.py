@@ -17,7 +17,7 @@ import re
 import shutil
 import signal
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,7 @@ from cryopod.containers.oci.spec import (
 from cryopod.containers.store import ContainerStore, container_unique_name
 from cryopod.containers.users import resolve_container_user
 from cryopod.errors import (
+    CryopodError,
     DeadlineExceeded,
     FailedPrecondition,
     ImageNotFound,
@@ -71,8 +72,8 @@ class SpecSettings:
 
     host: HostFacts
     options: SpecOptions
-    exec_output_limit: int = 16 * 1024 * 1024
-    """Bytes of each stream an ExecSync keeps."""
+    exec_output_limit: int = 15 * 1024 * 1024
+    """Bytes of stdout and stderr together an ExecSync keeps (at most half each)."""
 
 
 class ContainerService:
@@ -121,15 +122,28 @@ class ContainerService:
         return [self._refresh(c) for c in self._store.select("sandbox_id = ?", (pod_id,))]
 
     def _runtime(self, container: Container) -> OCIRuntime:
-        sandbox = self._pods.find(container.pod_id)
-        handler = sandbox.runtime_handler if sandbox else next(iter(self._runtimes))
-        return self._runtimes[handler]
+        """The container's OCI runtime; FailedPrecondition when its handler is not offered
+        any more (its binary is gone, or it left the configuration)."""
+        runtime = self._runtime_or_none(container)
+        if runtime is None:
+            raise FailedPrecondition(
+                f"container {container.id}: its runtime handler is not available on this host"
+            )
+        return runtime
+
+    def _runtime_or_none(self, container: Container) -> OCIRuntime | None:
+        handler = container.runtime_handler
+        if not handler:  # recorded before containers kept their handler
+            sandbox = self._pods.find(container.pod_id)
+            handler = sandbox.runtime_handler if sandbox else ""
+        return self._runtimes.get(handler)
 
     def _refresh(self, container: Container) -> Container:
         """Record an exit that happened since the container was last read."""
         if container.state not in (ContainerState.RUNNING, ContainerState.CREATED):
             return container
-        info = self._runtime(container).read_exit(container.id)
+        runtime = self._runtime_or_none(container)
+        info = runtime.read_exit(container.id) if runtime else None
         if info is None:
             return container
         exited = replace(
@@ -148,6 +162,8 @@ class ContainerService:
         container = self._store.get(container_id)
         if container is not None:
             self._refresh(container)
+        else:  # an infra container (it carries its sandbox's id), or one being created
+            self._pods.infra_exited(container_id)
 
     # --- create ----------------------------------------------------------------------------
 
@@ -161,6 +177,7 @@ class ContainerService:
         container = Container(
             id=new_id(),
             pod_id=sandbox.id,
+            runtime_handler=sandbox.runtime_handler,
             config=config,
             image_id=image.id,
             image_ref=image.repo_digests[0] if image.repo_digests else image.id,
@@ -168,9 +185,14 @@ class ContainerService:
             log_path=self._log_path(sandbox, config),
         )
         name = container_unique_name(container)
+        self._pods.check_infra(sandbox)
         with self._store.reserving(name):
             async with contextlib.AsyncExitStack() as undo:
                 pid, user = await self._set_up(container, sandbox, image.layers, image.config, undo)
+                # The pod may have been stopped or removed meanwhile: then undo it all.
+                current = self._pods.find(sandbox.id)
+                if current is None or current.state is not SandboxState.READY:
+                    raise FailedPrecondition(f"pod sandbox {sandbox.id} stopped during create")
                 container = replace(container, pid=pid, user=user)
                 self._store.add(container)
                 undo.pop_all()
@@ -259,7 +281,7 @@ class ContainerService:
         process = await self.start_exec(container_id, cmd, tty=False, stdin=False)
         try:
             return await run_to_completion(
-                process, timeout=timeout, output_limit=self._spec.exec_output_limit
+                process, timeout=timeout, output_limit=self._spec.exec_output_limit // 2
             )
         except TimeoutError:
             raise DeadlineExceeded(
@@ -323,7 +345,9 @@ class ContainerService:
         # cannot keep a pod from being stopped or removed.
         timeout = max(timeout, 0.0)
         stop_signal = self._stop_signal(container) if timeout > 0 else DEFAULT_STOP_SIGNAL
-        await self._runtime(container).stop(container.id, timeout, stop_signal)
+        runtime = self._runtime_or_none(container)
+        if runtime is not None:
+            await runtime.stop(container.id, timeout, stop_signal)
         stopped = self.find(container.id)
         if stopped is not None and stopped.state is not ContainerState.EXITED:
             # Its monitor is gone without an exit file (killed by hand): say so.
@@ -339,7 +363,14 @@ class ContainerService:
 
     def _stop_signal(self, container: Container) -> int:
         name = self.stop_signal_name(container)
-        return parse_signal(name) if name else DEFAULT_STOP_SIGNAL
+        if not name:
+            return DEFAULT_STOP_SIGNAL
+        try:
+            return parse_signal(name)
+        except InvalidArgument as exc:
+            # An image's odd StopSignal must not keep the pod Terminating: SIGTERM, as CRI-O.
+            log.warning("container %s: %s; sending SIGTERM", container.id, exc)
+            return DEFAULT_STOP_SIGNAL
 
     async def remove(self, container_id: str) -> None:
         """Stop if needed and remove everything of the container; idempotent."""
@@ -347,7 +378,9 @@ class ContainerService:
         if container is None:
             return
         await self.stop(container.id, 0)
-        await self._runtime(container).delete(container.id)
+        runtime = self._runtime_or_none(container)
+        if runtime is not None:
+            await runtime.delete(container.id)
         await self._rootfs.remove(container.id)
         shutil.rmtree(self._bundle_root / container.id, ignore_errors=True)
         self._store.delete(container.id)
@@ -369,28 +402,35 @@ class ContainerService:
         for name, runtime in self._runtimes.items():
             for container_id in set(runtime.container_ids()) - owned:
                 log.info("container %s (%s) was never recorded: removing it", container_id, name)
-                await runtime.discard(container_id)
+                await _logged(runtime.discard(container_id), f"discarding {container_id}")
         on_disk = set(self._rootfs.container_ids())
         on_disk |= {p.name for p in self._bundle_dirs()}
         for container_id in on_disk - owned:
             log.info("removing the rootfs and bundle of container %s, never recorded", container_id)
-            await self._rootfs.remove(container_id)
+            await _logged(self._rootfs.remove(container_id), f"removing {container_id}")
             shutil.rmtree(self._bundle_root / container_id, ignore_errors=True)
         await asyncio.to_thread(self._rootfs.remove_stale_work)
         for container in recorded.values():
-            self._mark_unmonitored_exited(self._refresh(container))
+            await _logged(
+                self._settle_unmonitored(self._refresh(container)),
+                f"recovering container {container.id}",
+            )
 
     def _bundle_dirs(self) -> list[Path]:
         if not self._bundle_root.is_dir():
             return []
         return [p for p in self._bundle_root.iterdir() if p.is_dir()]
 
-    def _mark_unmonitored_exited(self, container: Container) -> None:
+    async def _settle_unmonitored(self, container: Container) -> None:
+        """A live container whose conmon is gone: kill what runs of it (nobody would log or
+        reap it, and the kubelet will start a successor), and report it exited."""
         if container.state not in (ContainerState.CREATED, ContainerState.RUNNING):
             return
-        runtime = self._runtime(container)
-        if runtime.is_monitored(container.id):
-            return
+        runtime = self._runtime_or_none(container)
+        if runtime is not None:
+            if runtime.is_monitored(container.id):
+                return
+            await runtime.stop(container.id, 0)
         # Its conmon may have written the exit file just before it went.
         container = self._refresh(container)
         if container.state is ContainerState.EXITED:
@@ -436,6 +476,14 @@ class ContainerService:
     async def reopen_log(self, container_id: str) -> None:
         container = self._running(container_id)
         await self._runtime(container).reopen_log(container.id)
+
+
+async def _logged(step: Awaitable[None], what: str) -> None:
+    """One step of recovery: a failure is logged, and recovery goes on with the rest."""
+    try:
+        await step
+    except (CryopodError, OSError) as exc:
+        log.error("recovery: %s failed: %s", what, exc)
 
 
 def write_bundle(bundle: Path, spec: Mapping[str, Any]) -> None:

@@ -20,7 +20,7 @@ import socket
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
-from cryopod.containers.oci.exec import ExecProcess
+from cryopod.containers.oci.exec import DRAIN_SECONDS, ExecProcess
 from cryopod.containers.service import ContainerService
 from cryopod.errors import FailedPrecondition, Unavailable
 from cryopod.mounts import check_libc, libc
@@ -36,9 +36,6 @@ _CHUNK = 64 * 1024
 _ATTACH_PACKET = 8192 + 1
 _ATTACH_STDOUT = 2
 _ATTACH_STDERR = 3
-# Output still buffered when the process exits is sent; a child keeping the pipe open is not
-# waited for longer than this.
-_DRAIN_SECONDS = 2.0
 _CLONE_NEWNET = 0x40000000
 # Clients send the terminal's size as soon as the session is up: start the process with it.
 _INITIAL_SIZE_WAIT = 0.25
@@ -238,7 +235,7 @@ async def _relay_terminal(
 async def _drain(tasks: list[asyncio.Task[None]]) -> None:
     """Let output pumps finish what the process left in its pipes, within a short bound."""
     with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(_DRAIN_SECONDS):
+        async with asyncio.timeout(DRAIN_SECONDS):
             await asyncio.gather(*tasks, return_exceptions=True)
 
 

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from cryopod.containers.oci.spec import PodFiles as SpecPodFiles
 from cryopod.containers.oci.spec import namespaced_sysctls
-from cryopod.errors import CryopodError, InvalidArgument, NotFound
+from cryopod.errors import CryopodError, FailedPrecondition, InvalidArgument, NotFound
 from cryopod.ids import new_id
 from cryopod.pods.files import PodFiles
 from cryopod.pods.model import NamespaceKind, NamespaceMode, PodSandboxConfig, Sandbox, SandboxState
@@ -73,6 +73,7 @@ class PodService:
         handlers: set[str],
         default_handler: str,
         infra: InfraRunner | None = None,
+        run_infra: bool = False,
         network: CNIManager | None = None,
         describe: Callable[[Sandbox, SpecPodFiles], dict[str, Any]] | None = None,
     ) -> None:
@@ -83,6 +84,8 @@ class PodService:
         self._handlers = handlers
         self._default_handler = default_handler
         self._infra = infra
+        # Pods of an earlier configuration may have one even when new pods get none.
+        self._run_infra = run_infra and infra is not None
         self._network = network
         self._describe = describe
         self._checks: asyncio.Task[None] | None = None
@@ -174,7 +177,7 @@ class PodService:
             ip_addresses=ip_addresses,
         )
         infra: InfraProcess | None = None
-        if self._infra is not None:
+        if self._run_infra and self._infra is not None:
             undo.push_async_callback(self._infra.remove, sandbox)
             infra = await self._infra.start(sandbox, self.spec_files(sandbox))
         elif options.pid is NamespaceMode.POD:
@@ -194,8 +197,33 @@ class PodService:
             namespace_paths=paths,
             infra_pid=infra.pid if infra else None,
             infra_start_time=infra.start_time if infra else 0,
-            infra_container=self._infra is not None,
+            infra_container=self._run_infra,
         )
+
+    def check_infra(self, sandbox: Sandbox) -> None:
+        """FailedPrecondition, and the pod NOTREADY, when its infra process has died.
+
+        Its PID namespace went with it, and the pid that names that namespace may belong
+        to another process by now: no container may join it. The kubelet then makes the
+        pod anew, as it does when CRI-O reports the same.
+        """
+        if sandbox.infra_pid is None or self._infra_alive(sandbox):
+            return
+        self.infra_exited(sandbox.id)
+        raise FailedPrecondition(f"pod sandbox {sandbox.id}: its infra process has exited")
+
+    def infra_exited(self, sandbox_id: str) -> None:
+        """The pod's infra process is gone (its exit file, or found dead): not ready."""
+        sandbox = self._store.get(sandbox_id)
+        if sandbox is not None and sandbox.state is SandboxState.READY:
+            log.warning("pod sandbox %s: its infra process exited; not ready", sandbox_id)
+            self._store.update(replace(sandbox, state=SandboxState.NOTREADY))
+
+    def _infra_alive(self, sandbox: Sandbox) -> bool:
+        if sandbox.infra_container:
+            return self._infra is not None and self._infra.is_running(sandbox)
+        assert sandbox.infra_pid is not None
+        return PidNamespaceHolder.find(sandbox.infra_pid, sandbox.infra_start_time) is not None
 
     async def _attach_network(
         self, sandbox: Sandbox, netns: Path | None, undo: contextlib.AsyncExitStack
@@ -342,8 +370,4 @@ class PodService:
             k not in pinned_kinds for k in sandbox.namespace_paths if k in PINNED_KINDS.values()
         ):
             return False
-        if sandbox.infra_container:
-            return self._infra is not None and self._infra.is_running(sandbox)
-        if sandbox.infra_pid is not None:
-            return PidNamespaceHolder.find(sandbox.infra_pid, sandbox.infra_start_time) is not None
-        return True
+        return sandbox.infra_pid is None or self._infra_alive(sandbox)

@@ -123,8 +123,9 @@ class Database:
         row: sqlite3.Row | None = self._conn.execute(sql, params).fetchone()
         return row
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
-        self._conn.execute(sql, params)
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one statement; the number of rows it changed."""
+        return self._conn.execute(sql, params).rowcount
 
     def close(self) -> None:
         self._conn.close()

@@ -61,10 +61,14 @@ class DocumentTable(Generic[T]):
         row = {**self._columns(item), "document": codec.dumps(item)}
         assignments = ", ".join(f"{column} = ?" for column in row if column != "id")
         values = [v for k, v in row.items() if k != "id"]
-        self._db.execute(
+        changed = self._db.execute(
             f"UPDATE {self._table} SET {assignments} WHERE id = ?", [*values, row["id"]]
         )
-        self._decoded[row["id"]] = item
+        # An update racing a delete must not bring the object back through the cache.
+        if changed:
+            self._decoded[row["id"]] = item
+        else:
+            self._decoded.pop(row["id"], None)
 
     @contextlib.contextmanager
     def reserving(self, name: str) -> Iterator[None]:

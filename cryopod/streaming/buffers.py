@@ -46,6 +46,18 @@ class InboundBuffer:
         self._size += len(data)
         self._readable.set()
 
+    def feed_nowait(self, data: bytes, *, hard_limit: int) -> bool:
+        """Append `data` at once, for a reader that serves other streams too and must never
+        wait on this one; False (nothing appended) once `hard_limit` bytes are buffered."""
+        if self._eof or not data:
+            return True
+        if self._size + len(data) > hard_limit:
+            return False
+        self._chunks.append(data)
+        self._size += len(data)
+        self._readable.set()
+        return True
+
     def feed_eof(self) -> None:
         """The client is done sending; wake every waiter."""
         self._eof = True

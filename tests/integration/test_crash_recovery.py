@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import grpc
+import pytest
 from cri_api.v1 import api_pb2 as cri
 
 from cryopod import cgroups
@@ -433,3 +434,33 @@ def test_killing_the_daemons_cgroup_spares_the_containers(
             while (leaf / "cgroup.procs").read_text().strip() and time.monotonic() < deadline:
                 time.sleep(0.05)
             leaf.rmdir()
+
+
+def test_a_pod_whose_pid_holder_died_is_not_ready_and_takes_no_container(
+    daemon: Daemon, test_images: PushedImages, tmp_path: Path, cgroup_parent: str
+) -> None:
+    """Its PID namespace is gone and its pid may be another process's by now."""
+    image = test_images.ref("busybox")
+    daemon.pull(image)
+    pod = pod_config("orphan-pid", tmp_path / "logs", cgroup_parent)
+    pod.linux.security_context.namespace_options.pid = cri.POD
+    pod_id = run_pod(daemon, pod)
+    try:
+        status = daemon.runtime.PodSandboxStatus(
+            cri.PodSandboxStatusRequest(pod_sandbox_id=pod_id, verbose=True), timeout=5
+        )
+        holder = int(json.loads(status.info["info"])["pid"])
+        os.kill(holder, 9)
+        deadline = time.monotonic() + 5
+        while Path(f"/proc/{holder}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        ctr = container_config("late", image, "true")
+        ctr.linux.security_context.namespace_options.pid = cri.POD
+        with pytest.raises(grpc.RpcError) as caught:
+            create(daemon, pod_id, ctr, pod)
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert list_pods(daemon)[pod_id].state == cri.SANDBOX_NOTREADY
+        assert list_containers(daemon) == {}
+    finally:
+        teardown(daemon, pod_id)
+    assert leftovers(daemon) == {}

@@ -37,11 +37,11 @@ def exec_sync(
 def running(
     make_daemon: object, test_images: PushedImages, tmp_path: Path, cgroup_parent: str
 ) -> Iterator[tuple[Daemon, str, str]]:
-    """A daemon (ExecSync output capped at 1 MiB) with one running container: uid 1000,
+    """A daemon (ExecSync output capped at 1 MiB per stream) with one running container: uid 1000,
     no_new_privs, an env var of its own."""
     daemon: Daemon = make_daemon(  # type: ignore[operator]
         insecure_registries_conf(test_images.host),
-        f"[runtime]\nexec_sync_output_limit = {OUTPUT_LIMIT}\n",
+        f"[runtime]\nexec_sync_output_limit = {2 * OUTPUT_LIMIT}\n",
     )
     image = test_images.ref("busybox")
     daemon.pull(image)

@@ -231,3 +231,9 @@ def test_pod_cidrs_are_validated() -> None:
     assert parse_pod_cidrs("10.1.0.0/16") == ("10.1.0.0/16",)
     with pytest.raises(InvalidArgument, match="invalid pod CIDR"):
         parse_pod_cidrs("10.1.0.0/33")
+
+
+def test_a_network_name_too_long_for_the_cache_is_refused() -> None:
+    parse_network_config({**BRIDGE_LIST, "name": "n" * 128}, "ok.conflist")
+    with pytest.raises(InvalidNetworkConfig, match="at most 128"):
+        parse_network_config({**BRIDGE_LIST, "name": "n" * 129}, "long.conflist")

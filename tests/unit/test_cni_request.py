@@ -146,3 +146,17 @@ def test_interface_names() -> None:
     for bad in ("", "a" * 16, "eth 0", "a/b", "a+b", ".."):
         with pytest.raises(InvalidArgument):
             check_ifname(bad)
+
+
+@pytest.mark.parametrize("rate", ["500m", "10", "999", "2P", "1e30"])
+def test_bandwidth_outside_the_kubelets_bounds_is_refused(rate: str) -> None:
+    with pytest.raises(InvalidArgument, match=r"outside 1k\.\.1P"):
+        bandwidth_from_annotations({"kubernetes.io/ingress-bandwidth": rate})
+
+
+def test_bandwidth_at_the_bounds_is_accepted() -> None:
+    bandwidth = bandwidth_from_annotations(
+        {"kubernetes.io/ingress-bandwidth": "1k", "kubernetes.io/egress-bandwidth": "1P"}
+    )
+    assert bandwidth is not None
+    assert (bandwidth.ingress_rate, bandwidth.egress_rate) == (1000, 10**15)

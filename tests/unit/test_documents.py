@@ -57,3 +57,15 @@ def test_containers_are_unique_per_pod_and_attempt(tmp_path: Path) -> None:
     assert got is not None and got.pid == 42 and got.state is ContainerState.RUNNING
     store.delete(container.id)
     assert store.get(container.id) is None
+
+
+def test_an_update_racing_a_delete_does_not_bring_the_object_back(tmp_path: Path) -> None:
+    store = sandbox_store(Database(tmp_path / "c.db"))
+    sandbox = full_sandbox()
+    store.add(sandbox)
+    assert store.get(sandbox.id) == sandbox  # decoded and kept in memory
+    store.delete(sandbox.id)
+    store.update(replace(sandbox, state=SandboxState.NOTREADY))  # e.g. a stop finishing late
+    assert store.get(sandbox.id) is None
+    assert store.find(sandbox.id[:8]) is None
+    assert store.select() == []

@@ -26,7 +26,12 @@ from cryopod.streaming.spdy.frames import (
     SynStreamFrame,
     WindowUpdateFrame,
 )
-from cryopod.streaming.spdy.session import SpdySession, SpdyStream, StreamAdmission
+from cryopod.streaming.spdy.session import (
+    STREAM_HARD_LIMIT,
+    SpdySession,
+    SpdyStream,
+    StreamAdmission,
+)
 
 
 class MemoryTransport:
@@ -322,3 +327,28 @@ async def test_a_reset_wakes_a_writer_waiting_for_window(
     with pytest.raises(StreamClosed):
         async with asyncio.timeout(2):
             await writing
+
+
+async def test_a_neglected_stream_does_not_starve_the_others() -> None:
+    """spdystream ignores windows: a stream nobody reads grows, but the others flow on,
+    and past its hard limit it is reset instead of stalling the connection."""
+    transport = MemoryTransport()
+    async with SpdySession(transport) as session:
+        transport.deliver(
+            SynStreamFrame(1, (("streamtype", "data"),)),
+            SynStreamFrame(3, (("streamtype", "data"),)),
+        )
+        neglected = await session.accept()
+        served = await session.accept()
+        transport.deliver(*(DataFrame(1, b"x" * 40_000) for _ in range(3)))
+        transport.deliver(DataFrame(3, b"hello"))
+        async with asyncio.timeout(2):
+            assert await served.read() == b"hello"
+        chunk = b"y" * 64 * 1024
+        transport.deliver(
+            *(DataFrame(1, chunk) for _ in range(STREAM_HARD_LIMIT // len(chunk) + 1))
+        )
+        transport.deliver(DataFrame(3, b"still here"))
+        async with asyncio.timeout(2):
+            assert await served.read() == b"still here"
+        assert neglected.reset_received

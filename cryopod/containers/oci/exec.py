@@ -34,6 +34,10 @@ from cryopod.procs import kill_and_reap, spawn, which
 log = logging.getLogger(__name__)
 
 _READ_CHUNK = 64 * 1024
+_KILL_WAIT = 5.0
+DRAIN_SECONDS = 2.0
+"""After the process exited, how long its output may still come (a background child of it
+may hold the pipes open for ever)."""
 _SBIN_PATH = ("/usr/bin", "/bin", "/usr/sbin", "/sbin")
 
 
@@ -173,24 +177,42 @@ class ExecProcess:
     # ---- lifetime
 
     async def wait(self) -> int:
-        """The exit code (128 + signal when a signal ended it)."""
+        """The exit code (128 + signal when a signal ended it).
+
+        runc, a subreaper for what it exec'd, returns only once the process and every
+        background child it left have exited.
+        """
         return await self._proc.wait()
 
     async def kill(self) -> None:
-        """SIGKILL the exec'd process (killing runc alone would orphan it), then reap runc."""
-        with contextlib.suppress(OSError, ValueError):
+        """SIGKILL the exec'd process (killing runc alone would orphan it), then reap runc.
+
+        Only while runc still runs: once runc has reaped the process, its pid may be
+        someone else's. Without a pid file yet, runc is still starting the process and
+        takes it along when killed (its parent-death signal).
+        """
+        if self._proc.returncode is not None:
+            return
+        try:
             pid = int((self._work_dir / "pid").read_text())
+        except (OSError, ValueError):
+            await kill_and_reap(self._proc)
+            return
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         try:
-            async with asyncio.timeout(5):
+            async with asyncio.timeout(_KILL_WAIT):
                 await self._proc.wait()
         except TimeoutError:
             await kill_and_reap(self._proc)
 
     async def close(self) -> None:
-        """Kill what still runs, close the pty, remove the work files; idempotent."""
-        if self._proc.returncode is None:
-            await self.kill()
+        """Kill what still runs, close the pty and pipes, remove the work files; idempotent."""
+        await self.kill()
+        # A background child of the process may hold the pipes: ours are closed regardless.
+        transport = getattr(self._proc, "_transport", None)
+        if transport is not None:
+            transport.close()
         if self.pty is not None:
             os.close(self.pty)
             self.pty = None
@@ -216,28 +238,34 @@ async def run_to_completion(
     """Collect stdout and stderr apart (each kept up to `output_limit` bytes, the rest
     read and dropped so the process never blocks on a full pipe) until it exits.
 
-    Raises TimeoutError, after killing it, when it outlives `timeout` seconds (0: no limit).
+    A background child that keeps the pipes open does not hold the answer up past a short
+    drain (exec probes would time out). Raises TimeoutError, after killing the process,
+    when it outlives `timeout` seconds (0: no limit).
     """
     assert process.stdout is not None and process.stderr is not None
+    stdout, stderr = bytearray(), bytearray()
+    readers = [
+        asyncio.create_task(_read_capped(process.stdout, stdout, output_limit)),
+        asyncio.create_task(_read_capped(process.stderr, stderr, output_limit)),
+    ]
     try:
         async with asyncio.timeout(timeout or None):
-            stdout, stderr, exit_code = await asyncio.gather(
-                _read_capped(process.stdout, output_limit),
-                _read_capped(process.stderr, output_limit),
-                process.wait(),
-            )
+            exit_code = await process.wait()
+        await asyncio.wait(readers, timeout=DRAIN_SECONDS)
     except TimeoutError:
         await process.kill()
         raise
-    return ExecOutput(exit_code, stdout, stderr)
+    finally:
+        for reader in readers:
+            reader.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
+    return ExecOutput(exit_code, bytes(stdout), bytes(stderr))
 
 
-async def _read_capped(stream: asyncio.StreamReader, limit: int) -> bytes:
-    kept = bytearray()
+async def _read_capped(stream: asyncio.StreamReader, kept: bytearray, limit: int) -> None:
     while chunk := await stream.read(_READ_CHUNK):
         if len(kept) < limit:
             kept += chunk[: limit - len(kept)]
-    return bytes(kept)
 
 
 async def _read_fd(fd: int) -> bytes:

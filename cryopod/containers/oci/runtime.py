@@ -45,6 +45,7 @@ from cryopod.procs import CommandResult, kill_quietly, run_command, run_with_fds
 log = logging.getLogger(__name__)
 
 _METADATA_FILE = "runtime.json"
+_MONITOR_CGROUPS_FILE = "monitor-cgroups"
 # How long a SIGKILLed container (and its conmon) may take to be gone before we give up.
 _KILL_GRACE = 10.0
 _REOPEN_LOG_TIMEOUT = 5.0
@@ -152,7 +153,6 @@ class _Metadata:
     log_path: Path
     pid: int
     memory_cgroup: Path | None
-    monitor_cgroups: tuple[Path, ...] = ()
 
     def to_json(self) -> str:
         return json.dumps(
@@ -161,7 +161,6 @@ class _Metadata:
                 "log_path": str(self.log_path),
                 "pid": self.pid,
                 "memory_cgroup": str(self.memory_cgroup) if self.memory_cgroup else None,
-                "monitor_cgroups": [str(path) for path in self.monitor_cgroups],
             }
         )
 
@@ -174,7 +173,6 @@ class _Metadata:
             log_path=Path(obj["log_path"]),
             pid=int(obj["pid"]),
             memory_cgroup=Path(cgroup) if cgroup else None,
-            monitor_cgroups=tuple(Path(path) for path in obj.get("monitor_cgroups", ())),
         )
 
 
@@ -272,13 +270,9 @@ class ConmonRuntime:
         run = asyncio.create_task(self._run_conmon(container_id, argv, paths))
         try:
             pid = await asyncio.shield(run)
-            metadata = _Metadata(
-                bundle,
-                log_path,
-                pid,
-                cgroups.memory_cgroup_of(pid),
-                self._move_monitor(paths, pid),
-            )
+            # cgroupfs writes can take milliseconds (RCU): off the event loop.
+            memory_cgroup = await asyncio.to_thread(self._place_monitor, paths, pid)
+            metadata = _Metadata(bundle, log_path, pid, memory_cgroup)
             _write_atomically(paths.persist_dir / _METADATA_FILE, metadata.to_json())
         except BaseException:
             # Shielded: a cancelled create must still leave nothing behind.
@@ -286,20 +280,29 @@ class ConmonRuntime:
             raise
         return pid
 
-    def _move_monitor(self, paths: conmon.ConmonPaths, container_pid: int) -> tuple[Path, ...]:
-        """Move conmon out of the daemon's cgroups into leaves beside its container's.
+    def _place_monitor(self, paths: conmon.ConmonPaths, container_pid: int) -> Path | None:
+        """Move conmon out of the daemon's cgroups into leaves beside its container's;
+        answers the container's memory cgroup.
 
         Then a restart that kills the daemon's cgroup spares the monitors, and the pod's
-        cgroup accounts for them, as with CRI-O's conmon_cgroup = "pod".
+        cgroup accounts for them, as with CRI-O's conmon_cgroup = "pod". The leaves are
+        recorded before they are made, so no crash leaves one nobody knows of.
         """
+        memory_cgroup = cgroups.memory_cgroup_of(container_pid)
         if not self.monitor_cgroups:
-            return ()
+            return memory_cgroup
         try:
             monitor = int(paths.conmon_pidfile.read_text())
         except (OSError, ValueError):
-            return ()
-        name = cgroups.MONITOR_CGROUP_PREFIX + paths.container_id
-        return tuple(cgroups.move_beside(monitor, container_pid, name))
+            return memory_cgroup
+        leaves = cgroups.leaves_beside(
+            container_pid, cgroups.MONITOR_CGROUP_PREFIX + paths.container_id
+        )
+        _write_atomically(
+            paths.persist_dir / _MONITOR_CGROUPS_FILE, "".join(f"{p}\n" for p in leaves.values())
+        )
+        cgroups.move_into(monitor, leaves)
+        return memory_cgroup
 
     def _prepare_create(self, paths: conmon.ConmonPaths) -> bool:
         """Make the directories conmon writes to; tells whether the log file exists already.
@@ -378,9 +381,9 @@ class ConmonRuntime:
 
     def _remove_leftovers(self, paths: conmon.ConmonPaths, *, remove_log: bool = False) -> None:
         """Drop the files and monitor cgroups of a container whose conmon has exited."""
-        metadata = self._metadata(paths.container_id)
-        if metadata is not None:
-            cgroups.remove_leaves(list(metadata.monitor_cgroups))
+        with contextlib.suppress(FileNotFoundError):
+            recorded = (paths.persist_dir / _MONITOR_CGROUPS_FILE).read_text().split()
+            cgroups.remove_leaves([Path(leaf) for leaf in recorded])
         leftovers = [paths.persist_dir, paths.attach_link, paths.exit_file]
         if paths.bundle != _UNKNOWN:
             leftovers += paths.bundle_files

@@ -23,7 +23,8 @@ from cryopod.pods.network.versions import SUPPORTED_VERSIONS, parse_version, sel
 log = logging.getLogger(__name__)
 
 CONFIG_EXTENSIONS = (".conf", ".conflist", ".json")
-_NETWORK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# The name is part of cache file names: at most 128 characters, as ids are.
+_NETWORK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _MAX_CONFIG_BYTES = 1 << 20
 
 JSONObject = dict[str, Any]
@@ -138,7 +139,8 @@ def _network_name(top: Mapping[str, Any], source: str) -> str:
         raise InvalidNetworkConfig(source, "'name' is missing")
     if not _NETWORK_NAME.match(name):
         raise InvalidNetworkConfig(
-            source, f"invalid network name {name!r} (letters, digits, '_', '.', '-')"
+            source,
+            f"invalid network name {name!r} (letters, digits, '_', '.', '-'; at most 128)",
         )
     return name
 

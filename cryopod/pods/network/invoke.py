@@ -38,6 +38,10 @@ DEFAULT_PLUGIN_TIMEOUT = 60.0
 _SBIN = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 
 
+class _QueryFailed(Exception):
+    """VERSION could not be asked (as opposed to a plugin that does not answer it)."""
+
+
 @dataclass(frozen=True)
 class PluginOutput:
     """What a plugin left: exit status and output."""
@@ -281,7 +285,10 @@ class PluginInvoker:
             return None
         key = (str(path), st.st_ino, st.st_mtime_ns, st.st_size)
         if key not in self._versions:
-            self._versions[key] = await self._query_versions(path)
+            try:
+                self._versions[key] = await self._query_versions(path)
+            except _QueryFailed:
+                return None  # asked again next time: it may have been a passing failure
         return self._versions[key]
 
     async def _query_versions(self, path: Path) -> tuple[str, ...] | None:
@@ -293,7 +300,7 @@ class PluginInvoker:
             reply = json.loads(output.stdout) if output.returncode == 0 else None
         except (OSError, ValueError, CommandTimeout) as exc:
             log.warning("CNI plugin %s: VERSION failed: %s", path, exc)
-            return None
+            raise _QueryFailed from exc
         supported = reply.get("supportedVersions") if isinstance(reply, dict) else None
         if not isinstance(supported, list):
             return None

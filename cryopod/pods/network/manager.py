@@ -51,6 +51,7 @@ from cryopod.pods.network.watch import DirectoryWatcher
 log = logging.getLogger(__name__)
 
 NOT_READY_REASON = "NetworkPluginNotReady"
+NOT_READY_RETRY_SECONDS = 10.0
 LOOPBACK_IFNAME = "lo"
 _LOOPBACK_CONFIG = {
     "cniVersion": "1.0.0",
@@ -157,6 +158,7 @@ class CNIManager:
         self._reload_lock = asyncio.Lock()
         self._locks = _SandboxLocks()
         self._watcher: DirectoryWatcher | None = None
+        self._retry: asyncio.Task[None] | None = None
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -169,12 +171,29 @@ class CNIManager:
             dirs = [*self.settings.config_dirs, *self.settings.plugin_dirs]
             self._watcher = DirectoryWatcher(dirs, self._reload_quietly)
             await self._watcher.start()
+            self._retry = asyncio.create_task(self._retry_while_not_ready())
         return status
 
     async def close(self) -> None:
         watcher, self._watcher = self._watcher, None
         if watcher is not None:
             await watcher.close()
+        retry, self._retry = self._retry, None
+        if retry is not None:
+            retry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await retry
+
+    async def _retry_while_not_ready(self) -> None:
+        """Load again now and then while not ready: a plugin's VERSION or STATUS may have
+        failed for a passing reason, which no file change would announce."""
+        while True:
+            await asyncio.sleep(NOT_READY_RETRY_SECONDS)
+            if not self._active.status.ready:
+                try:
+                    await self.reload()
+                except (CryopodError, OSError) as exc:
+                    log.warning("reloading the CNI configuration failed: %s", exc)
 
     # --- configuration and readiness ---------------------------------------------------
 
@@ -475,7 +494,7 @@ class CNIManager:
             try:
                 await self.detach(sandbox_id)
                 removed.append(sandbox_id)
-            except _DEL_FAILURES as exc:
+            except (CryopodError, OSError) as exc:
                 log.warning("GC: sandbox %s stays cached: %s", sandbox_id, exc)
         await self._gc_network()
         return removed

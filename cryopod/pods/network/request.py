@@ -183,17 +183,29 @@ def parse_quantity(text: str) -> int:
     return int(value.to_integral_value())
 
 
+MIN_BANDWIDTH = 1000
+MAX_BANDWIDTH = 10**15
+
+
 def bandwidth_from_annotations(annotations: Mapping[str, str]) -> Bandwidth | None:
     """The pod's `kubernetes.io/{ingress,egress}-bandwidth` limits, if it has any."""
     ingress = annotations.get(INGRESS_ANNOTATION)
     egress = annotations.get(EGRESS_ANNOTATION)
     if not ingress and not egress:
         return None
-    ingress_rate = parse_quantity(ingress) if ingress else 0
-    egress_rate = parse_quantity(egress) if egress else 0
+    ingress_rate = _bandwidth_rate(INGRESS_ANNOTATION, ingress) if ingress else 0
+    egress_rate = _bandwidth_rate(EGRESS_ANNOTATION, egress) if egress else 0
     return Bandwidth(
         ingress_rate=ingress_rate,
         ingress_burst=UNLIMITED_BURST if ingress_rate else 0,
         egress_rate=egress_rate,
         egress_burst=UNLIMITED_BURST if egress_rate else 0,
     )
+
+
+def _bandwidth_rate(annotation: str, text: str) -> int:
+    """A rate in bits/s within the kubelet's own bounds (1k to 1P)."""
+    rate = parse_quantity(text)
+    if not MIN_BANDWIDTH <= rate <= MAX_BANDWIDTH:
+        raise InvalidArgument(f"{annotation} {text!r} is outside 1k..1P bits per second")
+    return rate

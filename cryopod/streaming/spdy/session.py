@@ -47,6 +47,8 @@ from cryopod.streaming.spdy.frames import (
 log = logging.getLogger(__name__)
 
 DEFAULT_WINDOW = 64 * 1024
+STREAM_HARD_LIMIT = 4 * 1024 * 1024
+"""Bytes one stream may hold unread before it is reset (clients that ignore its window)."""
 MAX_DATA_CHUNK = 32 * 1024
 WINDOW_UPDATE_THRESHOLD = DEFAULT_WINDOW // 2
 MAX_OPEN_STREAMS = 1024
@@ -300,8 +302,15 @@ class SpdySession:
             # Nobody will read them, but they count against the session window.
             await self._grant_session_window(len(frame.data))
             return
-        if frame.data:
-            await stream.inbound.feed(frame.data)
+        # Never wait on one stream here: every other stream of the connection (resizes,
+        # other forwarded connections, pings) comes through this same reader. spdystream
+        # clients ignore windows, so a stream its reader neglects may grow; past a hard cap
+        # it is reset, as SPDY/3.1 prescribes for a peer that overruns its window.
+        if frame.data and not stream.inbound.feed_nowait(frame.data, hard_limit=STREAM_HARD_LIMIT):
+            log.warning("SPDY stream %d overran its buffer: reset", frame.stream_id)
+            await self._send_quietly(RstStreamFrame(frame.stream_id, RstStatus.FLOW_CONTROL_ERROR))
+            self._on_reset(stream)
+            return
         if frame.fin:
             self._on_remote_fin(frame.stream_id)
 
