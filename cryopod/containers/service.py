@@ -17,7 +17,7 @@ import re
 import shutil
 import signal
 import time
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -46,7 +46,6 @@ from cryopod.containers.oci.spec import (
 from cryopod.containers.store import ContainerStore, container_unique_name
 from cryopod.containers.users import resolve_container_user
 from cryopod.errors import (
-    CryopodError,
     DeadlineExceeded,
     FailedPrecondition,
     ImageNotFound,
@@ -57,6 +56,7 @@ from cryopod.ids import new_id
 from cryopod.images.service import ImageService
 from cryopod.pods.model import LinuxContainerResources, Sandbox, SandboxState
 from cryopod.pods.service import PodService
+from cryopod.recovery import recovery_step
 from cryopod.storage.rootfs import RootfsManager
 
 log = logging.getLogger(__name__)
@@ -402,16 +402,16 @@ class ContainerService:
         for name, runtime in self._runtimes.items():
             for container_id in set(runtime.container_ids()) - owned:
                 log.info("container %s (%s) was never recorded: removing it", container_id, name)
-                await _logged(runtime.discard(container_id), f"discarding {container_id}")
+                await recovery_step(runtime.discard(container_id), f"discarding {container_id}")
         on_disk = set(self._rootfs.container_ids())
         on_disk |= {p.name for p in self._bundle_dirs()}
         for container_id in on_disk - owned:
             log.info("removing the rootfs and bundle of container %s, never recorded", container_id)
-            await _logged(self._rootfs.remove(container_id), f"removing {container_id}")
+            await recovery_step(self._rootfs.remove(container_id), f"removing {container_id}")
             shutil.rmtree(self._bundle_root / container_id, ignore_errors=True)
         await asyncio.to_thread(self._rootfs.remove_stale_work)
         for container in recorded.values():
-            await _logged(
+            await recovery_step(
                 self._settle_unmonitored(self._refresh(container)),
                 f"recovering container {container.id}",
             )
@@ -476,14 +476,6 @@ class ContainerService:
     async def reopen_log(self, container_id: str) -> None:
         container = self._running(container_id)
         await self._runtime(container).reopen_log(container.id)
-
-
-async def _logged(step: Awaitable[None], what: str) -> None:
-    """One step of recovery: a failure is logged, and recovery goes on with the rest."""
-    try:
-        await step
-    except (CryopodError, OSError) as exc:
-        log.error("recovery: %s failed: %s", what, exc)
 
 
 def write_bundle(bundle: Path, spec: Mapping[str, Any]) -> None:

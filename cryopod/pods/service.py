@@ -28,6 +28,7 @@ from cryopod.pods.model import NamespaceKind, NamespaceMode, PodSandboxConfig, S
 from cryopod.pods.namespaces import NamespacePinner, PidNamespaceHolder, is_pinned_namespace
 from cryopod.pods.network import CNIManager, PodNetworkRequest, bandwidth_from_annotations
 from cryopod.pods.store import SandboxStore
+from cryopod.recovery import recovery_step
 
 log = logging.getLogger(__name__)
 
@@ -317,7 +318,10 @@ class PodService:
         recorded = {sandbox.id for sandbox in sandboxes}
         for sandbox_id in PidNamespaceHolder.sandbox_ids(self._state_dir) - recorded:
             log.info("stopping the PID holder of pod sandbox %s, never recorded", sandbox_id)
-            await PidNamespaceHolder.release(self._state_dir, sandbox_id)
+            await recovery_step(
+                PidNamespaceHolder.release(self._state_dir, sandbox_id),
+                f"stopping the PID holder of {sandbox_id}",
+            )
         if self._network is not None:
             # DEL pods that are gone while their netns may still be pinned.
             for sandbox_id in await self._network.gc(keep=recorded):
@@ -325,10 +329,13 @@ class PodService:
         pinned = self._pinner.list_pinned()
         for sandbox_id in set(pinned) - recorded:
             log.info("removing namespaces of pod sandbox %s, never recorded", sandbox_id)
-            await self._release(sandbox_id)
+            await recovery_step(self._release(sandbox_id), f"releasing {sandbox_id}")
         for sandbox_id in set(self._files.sandbox_ids()) - recorded:
             log.info("removing files of pod sandbox %s, never recorded", sandbox_id)
-            self._files.remove(sandbox_id)
+            try:
+                self._files.remove(sandbox_id)
+            except CryopodError as exc:
+                log.error("recovery: removing the files of %s failed: %s", sandbox_id, exc)
         ready = []
         for sandbox in sandboxes:
             if sandbox.state is not SandboxState.READY:
