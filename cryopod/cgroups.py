@@ -76,11 +76,19 @@ def oom_kills(cgroup: Path) -> int:
     return 0
 
 
+# The hierarchies a monitor moves in: the ones process managers track units by (systemd's,
+# the v2 tree) and the ones that account its use to the pod. Moving it in every v1
+# hierarchy would cost a cgroup migration (and a directory to remove) in each of a dozen.
+MONITOR_CONTROLLERS = frozenset({"", "name=systemd", "memory", "cpu", "cpuacct", "pids"})
+
+
 def leaves_beside(neighbour: int, name: str, root: Path = CGROUP_ROOT) -> dict[str, Path]:
-    """Where a leaf cgroup `name` next to `neighbour`'s cgroup would be, per hierarchy."""
+    """Where a leaf cgroup `name` next to `neighbour`'s cgroup would be, in the hierarchies
+    a monitor belongs in."""
     return {
         controllers: directory.parent / name
         for controllers, directory in cgroup_dirs_of(neighbour, root).items()
+        if MONITOR_CONTROLLERS.intersection(controllers.split(",") if controllers else [""])
     }
 
 

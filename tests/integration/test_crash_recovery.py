@@ -14,7 +14,7 @@ import pytest
 from cri_api.v1 import api_pb2 as cri
 
 from cryopod import cgroups
-from tests.integration.conftest import Daemon, insecure_registries_conf
+from tests.integration.conftest import CGROUP_ROOT, Daemon, insecure_registries_conf
 from tests.integration.test_pods import (
     container_config,
     create,
@@ -403,7 +403,8 @@ def test_killing_the_daemons_cgroup_spares_the_containers(
     daemon_cgroups = []
     name = session_cgroup_name()
     for directory in cgroups.cgroup_dirs_of(daemon.proc.pid).values():
-        hierarchy_root = Path(*directory.parts[:5])  # /sys/fs/cgroup/<hierarchy>
+        # /sys/fs/cgroup itself on a v2 host, /sys/fs/cgroup/<hierarchy> on v1 and hybrid ones
+        hierarchy_root = CGROUP_ROOT if cgroups.is_unified() else Path(*directory.parts[:5])
         if directory.parts[:4] != ("/", "sys", "fs", "cgroup") or "cpuset" in str(hierarchy_root):
             continue
         leaf = hierarchy_root / name
@@ -417,9 +418,12 @@ def test_killing_the_daemons_cgroup_spares_the_containers(
         start(daemon, ctr)
         pid = container_pid(daemon, ctr)
         started = process_start_time(pid)
-        victims = {
-            int(p) for leaf in daemon_cgroups for p in (leaf / "cgroup.procs").read_text().split()
-        }
+        # systemd finds a unit's processes in its own hierarchy (name=systemd on v1 and
+        # hybrid hosts, the v2 tree on unified ones) and kills them all.
+        tracked = [leaf for leaf in daemon_cgroups if leaf.parent.name in ("systemd", "unified")]
+        tracked = tracked or [leaf for leaf in daemon_cgroups if leaf.parent == CGROUP_ROOT]
+        assert tracked
+        victims = {int(p) for leaf in tracked for p in (leaf / "cgroup.procs").read_text().split()}
         assert daemon.proc.pid in victims
         for victim in victims:
             os.kill(victim, 9)

@@ -589,7 +589,15 @@ async def test_conmon_lives_beside_its_container_not_in_our_cgroup(oci: OCIEnv) 
     ours = cgroups.cgroup_dirs_of(os.getpid())
     leaf = f"{cgroups.MONITOR_CGROUP_PREFIX}{container_id}"
     assert "memory" in container_dirs or "" in container_dirs
-    for controllers, directory in container_dirs.items():
+    moved = {
+        controllers
+        for controllers in container_dirs
+        if cgroups.MONITOR_CONTROLLERS.intersection(controllers.split(",") if controllers else [""])
+    }
+    # The hierarchies systemd tracks units by, and those that account use to the pod.
+    assert moved >= {"memory", "pids"} or "" in moved
+    for controllers in moved:
+        directory = container_dirs[controllers]
         assert conmon_dirs[controllers] == directory.parent / leaf, controllers
         assert conmon_dirs[controllers] != ours.get(controllers)
     await oci.runtime.stop(container_id, 0)
