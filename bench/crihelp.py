@@ -14,6 +14,7 @@ run on every way out.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import re
@@ -713,6 +714,21 @@ class Containerd(Runtime):
 
 
 RUNTIMES = ("cryopod", "containerd")
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every benchmark takes: which runtimes, output, log level, temp dir."""
+    parser.add_argument("--no-containerd", action="store_true", help="benchmark cryopod only")
+    parser.add_argument("--no-cryopod", action="store_true", help="benchmark containerd only")
+    parser.add_argument("--json", action="store_true", help="print results as JSON")
+    parser.add_argument("--log-level", default="info", help="log level of both runtimes")
+    parser.add_argument("--workdir", type=Path, help="parent of the temp dir (default $TMPDIR)")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (debugging)")
+
+
+def check_common_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.no_cryopod and args.no_containerd:
+        parser.error("nothing to benchmark")
 
 
 def chosen_runtimes(*, no_cryopod: bool, no_containerd: bool) -> list[str]:

@@ -59,7 +59,9 @@ from bench.crihelp import (
     CRIClient,
     CryopodDaemon,
     Runtime,
+    add_common_arguments,
     bench_workdir,
+    check_common_arguments,
     chosen_runtimes,
     claim_session,
     install_signal_handlers,
@@ -1331,9 +1333,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--concurrency", type=int, default=8, help="concurrent workers (1: one pod at a time)"
     )
     parser.add_argument("--warmup", type=int, default=1, help="untimed pods started first")
-    parser.add_argument("--no-containerd", action="store_true", help="benchmark cryopod only")
-    parser.add_argument("--no-cryopod", action="store_true", help="benchmark containerd only")
-    parser.add_argument("--json", action="store_true", help="print results as JSON")
     parser.add_argument(
         "--stop-timeout",
         type=int,
@@ -1352,14 +1351,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="/kubepods-bench",
         help="cgroupfs parent of the pod cgroups; a run id is appended",
     )
-    parser.add_argument("--log-level", default="info", help="log level of both runtimes")
-    parser.add_argument("--workdir", type=Path, help="parent of the temp dir (default $TMPDIR)")
-    parser.add_argument("--keep", action="store_true", help="keep the temp dir (debugging)")
+    add_common_arguments(parser)
     args = parser.parse_args(argv)
+    check_common_arguments(parser, args)
     if args.pods < 1 or args.concurrency < 1 or args.warmup < 0:
         parser.error("--pods and --concurrency must be positive, --warmup not negative")
-    if args.no_cryopod and args.no_containerd:
-        parser.error("nothing to benchmark")
     return args
 
 

@@ -36,7 +36,9 @@ from bench.crihelp import (
     Containerd,
     CryopodDaemon,
     Runtime,
+    add_common_arguments,
     bench_workdir,
+    check_common_arguments,
     chosen_runtimes,
     claim_session,
     install_signal_handlers,
@@ -348,9 +350,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--size-mb", type=int, default=150, help="image size in MiB (~)")
     parser.add_argument("--layers", type=int, default=7, help="number of layers")
     parser.add_argument("--runs", type=int, default=3, help="cold pulls per runtime")
-    parser.add_argument("--no-containerd", action="store_true", help="benchmark cryopod only")
-    parser.add_argument("--no-cryopod", action="store_true", help="benchmark containerd only")
-    parser.add_argument("--json", action="store_true", help="print results as JSON")
     parser.add_argument(
         "--containerd-registry-mode",
         choices=("hosts", "mirrors"),
@@ -366,15 +365,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--profile-rate", type=int, default=200, help="py-spy samples/s")
     parser.add_argument("--profile-top", type=int, default=25, help="functions to show")
-    parser.add_argument("--log-level", default="info", help="log level of both runtimes")
     parser.add_argument("--timeout", type=float, default=600.0, help="PullImage deadline (s)")
-    parser.add_argument("--workdir", type=Path, help="parent of the temp dir (default $TMPDIR)")
-    parser.add_argument("--keep", action="store_true", help="keep the temp dir (debugging)")
+    add_common_arguments(parser)
     args = parser.parse_args(argv)
+    check_common_arguments(parser, args)
     if args.runs < 1 or args.layers < 1 or args.size_mb < 1:
         parser.error("--runs, --layers and --size-mb must be positive")
-    if args.no_cryopod and args.no_containerd:
-        parser.error("nothing to benchmark")
     return args
 
 
