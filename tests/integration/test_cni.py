@@ -74,7 +74,9 @@ def free_subnet() -> ipaddress.IPv4Network:
 
 
 def free_ipv6_subnet() -> str:
-    return f"fd{secrets.token_hex(1)}:{secrets.token_hex(2)}:{secrets.token_hex(2)}::/64"
+    """A random ULA /64, in its canonical text form (no leading zeros)."""
+    text = f"fd{secrets.token_hex(1)}:{secrets.token_hex(2)}:{secrets.token_hex(2)}::/64"
+    return str(ipaddress.ip_network(text))
 
 
 def free_port() -> int:
