@@ -54,12 +54,11 @@ def cgroup_dirs_of(pid: int, root: Path = CGROUP_ROOT) -> dict[str, Path]:
     return found
 
 
-def memory_cgroup_of(pid: int, root: Path = CGROUP_ROOT) -> Path | None:
-    """The cgroup directory that accounts `pid`'s memory (v1 memory, or the v2 tree)."""
-    dirs = cgroup_dirs_of(pid, root)
-    if is_unified(root):
-        return dirs.get("")
-    return next((d for c, d in dirs.items() if "memory" in c.split(",")), None)
+def memory_cgroup(dirs: dict[str, Path]) -> Path | None:
+    """Of a process's cgroups (`cgroup_dirs_of`), the one that accounts its memory: the v1
+    memory hierarchy's, else the v2 tree's."""
+    v1 = next((d for c, d in dirs.items() if "memory" in c.split(",")), None)
+    return v1 or dirs.get("")
 
 
 def oom_kills(cgroup: Path) -> int:
@@ -82,12 +81,12 @@ def oom_kills(cgroup: Path) -> int:
 MONITOR_CONTROLLERS = frozenset({"", "name=systemd", "memory", "cpu", "cpuacct", "pids"})
 
 
-def leaves_beside(neighbour: int, name: str, root: Path = CGROUP_ROOT) -> dict[str, Path]:
-    """Where a leaf cgroup `name` next to `neighbour`'s cgroup would be, in the hierarchies
-    a monitor belongs in."""
+def leaves_beside(dirs: dict[str, Path], name: str) -> dict[str, Path]:
+    """Where a leaf cgroup `name` beside a process's cgroups (`cgroup_dirs_of`) would be,
+    in the hierarchies a monitor belongs in."""
     return {
         controllers: directory.parent / name
-        for controllers, directory in cgroup_dirs_of(neighbour, root).items()
+        for controllers, directory in dirs.items()
         if MONITOR_CONTROLLERS.intersection(controllers.split(",") if controllers else [""])
     }
 

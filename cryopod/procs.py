@@ -164,3 +164,30 @@ def kill_quietly(pid: int) -> None:
     """SIGKILL `pid`; a process that is gone already is fine."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
+
+
+@dataclass(frozen=True)
+class ProcStat:
+    """What /proc/<pid>/stat says of a process that cryopod needs."""
+
+    comm: str
+    state: str
+    """R, S, D, Z (zombie), X (dead), ..."""
+    parent: int
+    start_time: int
+    """Clock ticks after boot: with the pid, names one process (pids are reused)."""
+
+
+def proc_stat(pid: int) -> ProcStat | None:
+    """The process's stat line, or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    head, _, tail = text.rpartition(")")  # the command name may hold spaces and parens
+    fields = tail.split()
+    try:
+        return ProcStat(head.partition("(")[2], fields[0], int(fields[1]), int(fields[19]))
+    except (IndexError, ValueError):
+        return None

@@ -21,6 +21,7 @@ from cryopod.containers.oci.spec import PodFiles, build_sandbox_spec
 from cryopod.containers.service import SpecSettings, read_bundle, write_bundle
 from cryopod.pods.model import Sandbox
 from cryopod.pods.service import InfraProcess
+from cryopod.procs import proc_stat
 from cryopod.storage.rootfs import RootfsManager
 
 if TYPE_CHECKING:
@@ -81,7 +82,8 @@ class InfraContainers:
             await runtime.start(sandbox.id)
             undo.pop_all()
         log.debug("sandbox %s: infra container pid %d", sandbox.id, pid)
-        return InfraProcess(pid, _start_time(pid))
+        stat = proc_stat(pid)
+        return InfraProcess(pid, stat.start_time if stat else 0)
 
     async def _image(self) -> Image:
         image = self._images.resolve(self._pause_image)
@@ -126,12 +128,3 @@ def describe_sandbox(sandbox: Sandbox, files: PodFiles, *, spec: SpecSettings) -
         options=spec.options,
         pod_files=files,
     )
-
-
-def _start_time(pid: int) -> int:
-    """Field 22 of /proc/<pid>/stat (0 when the process is already gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0
-    return int(stat.rpartition(")")[2].split()[19])

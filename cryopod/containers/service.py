@@ -269,7 +269,7 @@ class ContainerService:
         (in a terminal of `size`, (width, height), when `tty`)."""
         if not cmd:
             raise InvalidArgument("a command to run is required")
-        container = self._running(container_id)
+        container = self.get_running(container_id)
         spec = self.runtime_spec(container)
         if spec is None:
             raise FailedPrecondition(f"container {container.id} has no bundle (host restarted?)")
@@ -292,14 +292,15 @@ class ContainerService:
 
     def attach_target(self, container_id: str) -> tuple[Container, Path]:
         """A running container and its conmon attach socket."""
-        container = self._running(container_id)
+        container = self.get_running(container_id)
         return container, self._runtime(container).attach_socket_path(container.id)
 
     def resize_terminal(self, container_id: str, width: int, height: int) -> None:
-        container = self._running(container_id)
+        container = self.get_running(container_id)
         self._runtime(container).resize_terminal(container.id, width, height)
 
-    def _running(self, container_id: str) -> Container:
+    def get_running(self, container_id: str) -> Container:
+        """The running container; NotFound, or FailedPrecondition when it is not running."""
         container = self.get(container_id)
         if container.state is not ContainerState.RUNNING:
             raise FailedPrecondition(
@@ -474,7 +475,7 @@ class ContainerService:
         self._store.update(replace(container, config=replace(container.config, linux=linux)))
 
     async def reopen_log(self, container_id: str) -> None:
-        container = self._running(container_id)
+        container = self.get_running(container_id)
         await self._runtime(container).reopen_log(container.id)
 
 

@@ -125,9 +125,17 @@ class ContainerStreams:
     ) -> None:
         sandbox = self._pods.get(pod_sandbox_id)
         netns = sandbox.namespace_paths.get(NamespaceKind.NETWORK)
-        conn = await run_in_own_thread(
-            lambda: _connect_in_netns(netns, port), name=f"portforward-{port}"
-        )
+        made: list[socket.socket] = []
+
+        def connect() -> socket.socket:
+            made.append(_connect_in_netns(netns, port))
+            return made[0]
+
+        def abandon(_succeeded: bool) -> None:  # the client left while we connected
+            for conn in made:
+                conn.close()
+
+        conn = await run_in_own_thread(connect, name=f"portforward-{port}", abandon=abandon)
         reader, writer = await asyncio.open_connection(sock=conn)
         upstream = asyncio.create_task(_pump_to_writer(inbound, writer))
         try:

@@ -53,7 +53,7 @@ from cryopod.mounts import (
     sys_mount,
     sys_umount_all,
 )
-from cryopod.procs import kill_quietly, run_command, which
+from cryopod.procs import kill_quietly, proc_stat, run_command, which
 from cryopod.threads import run_in_own_thread
 
 log = logging.getLogger(__name__)
@@ -392,8 +392,8 @@ class PidNamespaceHolder:
         launcher_file = state_dir / f"{sandbox_id}.pidns.pid"
         with contextlib.suppress(OSError, ValueError):
             launcher = _read_pid(launcher_file)
-            stat = _read_stat(launcher)
-            if stat is not None and stat[0] in _LAUNCHER_NAMES:
+            stat = proc_stat(launcher)
+            if stat is not None and stat.comm in _LAUNCHER_NAMES:
                 kill_quietly(launcher)
         launcher_file.unlink(missing_ok=True)
         record = _record_file(state_dir, sandbox_id)
@@ -417,8 +417,8 @@ class PidNamespaceHolder:
     @classmethod
     def find(cls, pid: int, start_time: int) -> PidNamespaceHolder | None:
         """The holder recorded as (pid, start time), if it still runs (after a restart)."""
-        stat = _read_stat(pid)
-        if stat is None or stat[0] != "catatonit" or stat[2] != start_time:
+        stat = proc_stat(pid)
+        if stat is None or stat.comm != "catatonit" or stat.start_time != start_time:
             return None
         return cls(pid, start_time)
 
@@ -515,11 +515,11 @@ async def _wait_for_catatonit(launcher: int, catatonit: str) -> PidNamespaceHold
     while True:
         child = _only_child(launcher)
         if child is not None and _exe(child) == catatonit:
-            stat = _read_stat(child)
+            stat = proc_stat(child)
             if stat is not None:
-                return PidNamespaceHolder(child, stat[2])
-        launcher_stat = _read_stat(launcher)
-        if launcher_stat is None or launcher_stat[1] in ("Z", "X"):
+                return PidNamespaceHolder(child, stat.start_time)
+        launcher_stat = proc_stat(launcher)
+        if launcher_stat is None or launcher_stat.state in ("Z", "X"):
             raise Internal(f"the catatonit launcher (pid {launcher}) exited at once")
         await asyncio.sleep(delay)
         delay = min(delay * 2, 0.05)
@@ -541,21 +541,6 @@ def _exe(pid: int) -> str | None:
         return None
 
 
-def _read_stat(pid: int) -> tuple[str, str, int, int] | None:
-    """(comm, state, start time, parent pid) from /proc/<pid>/stat."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            text = f.read().decode(errors="replace")
-    except OSError:
-        return None
-    head, _, tail = text.rpartition(")")
-    fields = tail.split()
-    try:
-        return head.partition("(")[2], fields[0], int(fields[19]), int(fields[1])
-    except (IndexError, ValueError):
-        return None
-
-
 def _open_if_same(pid: int, start_time: int) -> list[int]:
     """pidfds of catatonit and of its `unshare` parent, if pid still is our catatonit.
 
@@ -565,15 +550,16 @@ def _open_if_same(pid: int, start_time: int) -> list[int]:
         fd = os.pidfd_open(pid)
     except ProcessLookupError:
         return []
-    stat = _read_stat(pid)
-    if stat is None or stat[0] != "catatonit" or stat[2] != start_time or stat[1] in "ZX":
+    stat = proc_stat(pid)
+    same = stat is not None and stat.comm == "catatonit" and stat.start_time == start_time
+    if stat is None or not same or stat.state in ("Z", "X"):
         os.close(fd)
         return []
     fds = [fd]
-    parent = _read_stat(stat[3])
-    if parent is not None and parent[0] == "unshare":
+    parent = proc_stat(stat.parent)
+    if parent is not None and parent.comm == "unshare":
         with contextlib.suppress(ProcessLookupError):
-            fds.append(os.pidfd_open(stat[3]))
+            fds.append(os.pidfd_open(stat.parent))
     return fds
 
 

@@ -152,7 +152,7 @@ class RuntimeServicer(cri_grpc.RuntimeServiceServicer):
     # --- streaming --------------------------------------------------------------------------
 
     async def Exec(self, request: cri.ExecRequest, context: Context) -> Any:
-        self._containers.attach_target(request.container_id)  # NotFound / not running, now
+        self._containers.get_running(request.container_id)  # its errors now, not on the URL
         url = self._streaming.exec_url(
             ExecRequest(
                 container_id=request.container_id,
@@ -166,7 +166,7 @@ class RuntimeServicer(cri_grpc.RuntimeServiceServicer):
         return cri.ExecResponse(url=url)
 
     async def Attach(self, request: cri.AttachRequest, context: Context) -> Any:
-        self._containers.attach_target(request.container_id)
+        self._containers.get_running(request.container_id)
         url = self._streaming.attach_url(
             AttachRequest(
                 container_id=request.container_id,

@@ -40,7 +40,7 @@ from cryopod.errors import (
     RuntimeContainerNotRunning,
 )
 from cryopod.fds import wait_readable
-from cryopod.procs import CommandResult, kill_quietly, run_command, run_with_fds
+from cryopod.procs import CommandResult, kill_quietly, proc_stat, run_command, run_with_fds
 
 log = logging.getLogger(__name__)
 
@@ -288,16 +288,15 @@ class ConmonRuntime:
         cgroup accounts for them, as with CRI-O's conmon_cgroup = "pod". The leaves are
         recorded before they are made, so no crash leaves one nobody knows of.
         """
-        memory_cgroup = cgroups.memory_cgroup_of(container_pid)
+        dirs = cgroups.cgroup_dirs_of(container_pid)
+        memory_cgroup = cgroups.memory_cgroup(dirs)
         if not self.monitor_cgroups:
             return memory_cgroup
         try:
             monitor = int(paths.conmon_pidfile.read_text())
         except (OSError, ValueError):
             return memory_cgroup
-        leaves = cgroups.leaves_beside(
-            container_pid, cgroups.MONITOR_CGROUP_PREFIX + paths.container_id
-        )
+        leaves = cgroups.leaves_beside(dirs, cgroups.MONITOR_CGROUP_PREFIX + paths.container_id)
         _write_atomically(
             paths.persist_dir / _MONITOR_CGROUPS_FILE, "".join(f"{p}\n" for p in leaves.values())
         )
@@ -740,12 +739,8 @@ def _descendants(pid: int) -> list[int]:
 
 def _parent_pid(pid: int) -> int:
     """The parent of `pid` (0 when it is gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0
-    # Fields after the parenthesised command name: state, ppid, ...
-    return int(stat.rpartition(")")[2].split()[1])
+    stat = proc_stat(pid)
+    return stat.parent if stat else 0
 
 
 def _runc_error(container_id: str, operation: str, exc: CommandFailed) -> Exception:
